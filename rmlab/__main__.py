@@ -1,0 +1,55 @@
+"""``python -m rmlab``: compose the Hydra config, validate it, then train.
+
+Only Hydra, OmegaConf and :mod:`rmlab.config` are imported here, so ``--help``,
+``--cfg job`` and config errors return fast; torch and Lightning load in :func:`rmlab.train.train`.
+In a multirun, a failing job writes ``failed.json`` (error and traceback) into its
+directory and the sweep goes on with the next job.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from rmlab.config import ConfigError, register_configs, validate
+
+LAUNCHED_AT = time.time()
+register_configs()
+
+
+def record_failure(cfg: DictConfig, error: BaseException) -> None:
+    runtime = HydraConfig.get().runtime
+    failure = {"error": f"{type(error).__name__}: {error}".splitlines()[0], "loss": runtime.choices.get("loss"),
+               "seed": cfg.seed, "traceback": traceback.format_exc()}
+    Path(runtime.output_dir, "failed.json").write_text(json.dumps(failure, indent=2))
+    print(f"rmlab: job failed ({failure['error']}); traceback in {runtime.output_dir}/failed.json", file=sys.stderr)
+
+
+@hydra.main(version_base="1.3", config_path="pkg://rmlab.conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        validate(cfg)
+    except ConfigError as err:
+        print(f"rmlab: config error: {err}", file=sys.stderr)
+        sys.exit(2)
+    from rmlab.train import train
+
+    if HydraConfig.get().mode != RunMode.MULTIRUN:
+        return train(cfg, LAUNCHED_AT).get("table3", {}).get("Avg")
+    try:
+        return train(cfg, time.time()).get("table3", {}).get("Avg")
+    except Exception as error:  # one failing job must not stop the sweep
+        record_failure(cfg, error)
+        return None
+
+
+if __name__ == "__main__":
+    main()

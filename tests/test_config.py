@@ -1,0 +1,121 @@
+"""Composition of every config group, typed schemas and fast, precise config errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import hydra.utils
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from rmlab.config import ConfigError, register_configs, validate
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+GROUPS = ["model", "data", "loss", "optimizer", "trainer", "strategy", "logger", "callbacks", "eval", "paths"]
+
+register_configs()
+
+
+def compose_config(*overrides: str):
+    """The composed job config, with the output dir Hydra would set."""
+    with initialize_config_module(config_module="rmlab.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=list(overrides))
+    cfg.paths.output_dir = "/tmp/rmlab-test-output"
+    return cfg
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def test_every_group_has_options_and_a_default():
+    defaults = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "config.yaml").defaults)
+    chosen = {k: v for entry in defaults if isinstance(entry, dict) for k, v in entry.items()}
+    for group in GROUPS + ["hydra"]:
+        assert chosen[group] in options(group), group
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_option_composes_and_validates(group, option):
+    overrides = [f"{group}={option}"]
+    if group == "model" and option == "hf":
+        overrides.append("model.name_or_path=some/model")
+    if group == "data" and option == "local":
+        overrides.append("data.source=pairs.jsonl")
+    cfg = compose_config(*overrides)
+    validate(cfg)
+
+
+def test_loss_yaml_names_its_class_and_schema():
+    from rmlab import losses
+    from rmlab.config import LOSS_SCHEMAS
+
+    assert sorted(LOSS_SCHEMAS) == options("loss")
+    for name in options("loss"):
+        cfg = compose_config(f"loss={name}").loss
+        cls = getattr(losses, cfg._target_.rsplit(".", 1)[-1])
+        assert "Δ" in (cls.__doc__ or "") or "r_c" in (cls.__doc__ or ""), f"{name}: formula missing in docstring"
+        schema_fields = {f.name for f in dataclasses.fields(LOSS_SCHEMAS[name])} - {"_target_"}
+        assert schema_fields == {f.name for f in dataclasses.fields(cls)}, name
+        assert hydra.utils.instantiate(cfg) == cls(), name  # the YAML defaults are the class defaults
+
+
+@pytest.mark.parametrize("override,fragment", [
+    ("loss.gama=1", "gama"),           # typo in a key
+    ("data.batch_sz=3", "batch_sz"),
+    ("data.max_length=abc", "max_length"),  # wrong type
+])
+def test_typos_and_types_fail_at_composition(override, fragment):
+    group = override.split(".")[0]
+    extra = ["loss=focal"] if group == "loss" else []
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_config(*extra, override)
+    assert fragment in str(info.value.__cause__ or info.value)
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (["loss=focal", "loss.gamma=-1"], "loss.gamma"),
+    (["loss=bt_temperature", "loss.temperature=0"], "loss.temperature"),
+    (["optimizer.optimizer.lr=0"], "optimizer.optimizer.lr"),
+    (["data.max_length=4"], "data.max_length"),
+    (["data.on_bad_row=ignore"], "data.on_bad_row"),
+])
+def test_out_of_range_values_name_the_key(overrides, key):
+    cfg = compose_config(*overrides)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(cfg)
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rmlab", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_cli_help_cfg_and_errors_are_fast_and_clear(tmp_path):
+    for args, code, fragment in [
+        (["--help"], 0, "loss: bt, bt_temperature"),
+        (["--cfg", "job", "loss=focal"], 0, "rmlab.losses.FocalLoss"),
+        (["loss=focal", "loss.gamma=-1"], 2, "loss.gamma=-1.0 is invalid: must be >= 0"),
+        (["loss=nope"], 1, "Available options"),
+    ]:
+        started = time.perf_counter()
+        result = run_cli(*args, cwd=tmp_path)
+        elapsed = time.perf_counter() - started
+        assert result.returncode == code, result.stderr
+        assert fragment in result.stdout + result.stderr
+        assert elapsed < 5, f"{args} took {elapsed:.1f}s"  # < 2 s measured on an idle machine; slack for CI load
+
+
+def test_cli_finds_configs_from_any_directory_and_user_config_dirs(tmp_path):
+    extra = tmp_path / "my_conf" / "loss"
+    extra.mkdir(parents=True)
+    (extra / "my_focal.yaml").write_text("defaults:\n  - focal\n  - _self_\ngamma: 3.0\n")
+    result = run_cli("--config-dir", str(tmp_path / "my_conf"), "--cfg", "job", "loss=my_focal", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "gamma: 3.0" in result.stdout and "FocalLoss" in result.stdout

@@ -1,0 +1,102 @@
+"""A real ``python -m rmlab`` run in a subprocess: outputs, W&B offline files and the exported model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+TOPICS = ["tea", "maps", "rust", "bread", "chess", "birds", "clouds", "glue", "jazz", "moss", "kites", "salt"]
+
+
+def write_pairs(path: Path) -> int:
+    """A small two-subset dataset in the chat-messages layout, a third of it multi-turn, plus two bad rows."""
+    lines = []
+    for i in range(96):
+        topic = TOPICS[i % len(TOPICS)]
+        prompt = [{"role": "user", "content": f"tell me about {topic} number {i}"}]
+        if i % 3 == 0:
+            prompt = [{"role": "user", "content": f"hi, question {i}"},
+                      {"role": "assistant", "content": "sure, ask away"}] + prompt
+        good = {"role": "assistant", "content": f"{topic} is interesting and here is why: fact {i}"}
+        bad = {"role": "assistant", "content": "no"}
+        lines.append({"chosen": prompt + [good], "rejected": prompt + [bad], "subset": "a" if i % 2 else "b"})
+    lines.append({"chosen": [{"role": "user", "content": "x"}, {"role": "assistant", "content": ""}],
+                  "rejected": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]})
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n{not json\n")
+    return len(lines) + 1
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_llama_dir):
+    tmp = tmp_path_factory.mktemp("run")
+    data = tmp / "pairs.jsonl"
+    rows = write_pairs(data)
+    run_dir = tmp / "out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(NETRC=str(tmp / "no-netrc"), WANDB_DIR=str(tmp / "wandb-dir"))  # no API key anywhere
+    command = [sys.executable, "-m", "rmlab", "model=hf", f"model.name_or_path={tiny_llama_dir}", "data=local",
+               f"data.source={data}", "data.max_length=160", "data.batch_size=4", "data.val_fraction=0.3",
+               "data.section_mapping={Chat:[a],Safety:[b]}", "optimizer.optimizer.lr=1e-3", "trainer.max_epochs=2",
+               "logger.name=e2e", "logger.group=tests", "seed=3", f"hydra.run.dir={run_dir}"]
+    result = subprocess.run(command, cwd=tmp, env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return run_dir, data, rows, result.stdout
+
+
+def test_run_writes_metrics_config_and_checkpoint(finished_run):
+    run_dir, _, rows, stdout = finished_run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    data = metrics["data"]
+    assert data["rows_read"] == rows
+    assert data["rows_used"] + data["rows_skipped"] == rows
+    assert data["skipped_by_reason"] == {"empty_content": 1, "invalid_json": 1}
+    heldout = metrics["eval"]["heldout"]
+    assert heldout["pairs"] == metrics["run"]["heldout_pairs"] > 0
+    assert set(metrics["table3"]) == {"Avg", "Chat", "Safety"}
+    assert metrics["table3"]["Avg"] == pytest.approx((metrics["table3"]["Chat"] + metrics["table3"]["Safety"]) / 2)
+    assert metrics["run"]["loss"] == "bt" and metrics["run"]["seed"] == 3
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert "Chat" in stdout and "rows read" in stdout
+
+
+def test_wandb_went_offline_with_config_and_summary(finished_run):
+    """No API key and no WANDB_MODE: an offline run whose log holds the resolved config and the summary."""
+    run_dir, *_ = finished_run
+    offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 1, list(run_dir.iterdir())
+    record_log = next(offline_runs[0].glob("run-*.wandb")).read_bytes()  # the records `wandb sync` uploads
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert b"rmlab.losses.BradleyTerryLoss" in record_log and b"section_mapping" in record_log
+    for key, value in metrics["table3"].items():
+        assert key.encode() in record_log and json.dumps(value).encode() in record_log
+
+
+def test_exported_model_reproduces_rewards_with_plain_transformers(finished_run):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from rmlab.data.datamodule import split_pairs
+    from rmlab.data.formats import load_pairs
+
+    run_dir, data, *_ = finished_run
+    export = run_dir / "export"
+    model = AutoModelForSequenceClassification.from_pretrained(export).eval()
+    tokenizer = AutoTokenizer.from_pretrained(export)
+    pairs, _ = load_pairs(str(data))
+    _, heldout = split_pairs(pairs, 0.3)
+    saved = [json.loads(line) for line in (run_dir / "rewards" / "heldout.jsonl").read_text().splitlines()]
+    assert len(saved) == len(heldout) > 0
+    with torch.no_grad():
+        for pair, expected in zip(heldout, saved):
+            for side in ("chosen", "rejected"):
+                ids = tokenizer.apply_chat_template(getattr(pair, side), tokenize=True, return_dict=True,
+                                                    return_tensors="pt")
+                reward = model(**ids).logits.item()
+                assert reward == pytest.approx(expected[side], abs=1e-4)
+            assert expected["subset"] == pair.subset
