@@ -334,6 +334,13 @@ class RMLabConfig:
     seed: int = 42
     export: bool = True
     ckpt_every_n_steps: Optional[int] = None  # checkpoint cadence; null saves at the end of each epoch
+    on_nonfinite: str = "stop"  # stop | skip: what a NaN/inf loss or gradient does
+    resume: str = "auto"  # auto | never | <path to a .ckpt>
+
+    def __post_init__(self) -> None:
+        _check(self.on_nonfinite in ("stop", "skip"), "on_nonfinite", "one of stop, skip", self.on_nonfinite)
+        _check(self.ckpt_every_n_steps is None or self.ckpt_every_n_steps >= 1, "ckpt_every_n_steps",
+               "must be >= 1 or null", self.ckpt_every_n_steps)
 
 
 def register_configs() -> None:

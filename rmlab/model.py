@@ -59,7 +59,7 @@ def build_reward_model(name_or_path: str, tokenizer: Optional[str] = None, archi
     encoder = is_encoder_config(config, architecture)
     added_pad = ensure_distinct_pad(tok)
     tok.padding_side = "right"
-    config.pad_token_id = tok.pad_token_id
+    config.pad_token_id = None if added_pad else tok.pad_token_id  # a new pad id exists only after the resize
     if dropout is not None:
         for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "attention_dropout", "hidden_dropout",
                     "dropout", "classifier_dropout"):

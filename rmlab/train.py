@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from rmlab.data.datamodule import PreferenceDataModule, tokenize_pairs
 from rmlab.data.formats import RowStats, load_pairs
 from rmlab.data.tokenize import PairTokenizer
-from rmlab.loggers import finish_logger
+from rmlab.loggers import finish_logger, redact_secrets
 from rmlab.evaluation import EXAMPLE_COUNTS, SECTIONS, SUBSET_MAPPING, evaluation_report
 from rmlab.model import RewardModelBundle, build_reward_model, export_reward_model
 from rmlab.module import RewardModule
@@ -114,7 +114,7 @@ def build_logger(cfg: DictConfig) -> Any:
         if cfg.logger.group is None and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
             defaults["group"] = Path(HydraConfig.get().sweep.dir).name
     logger = instantiate(cfg.logger, **defaults)
-    logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    logger.log_hyperparams(redact_secrets(OmegaConf.to_container(cfg, resolve=True)))
     return logger
 
 
@@ -128,23 +128,47 @@ def build_datamodule(cfg: DictConfig, pair_tokenizer: PairTokenizer) -> Preferen
                                 num_workers=d.num_workers, seed=cfg.seed)
 
 
+def resume_checkpoint(resume: str, output_dir: Path) -> Optional[str]:
+    """``never``: none; ``auto``: ``<run dir>/checkpoints/last.ckpt`` when it exists; else the given path."""
+    if resume == "never":
+        return None
+    if resume == "auto":
+        last = output_dir / "checkpoints" / "last.ckpt"
+        return str(last) if last.is_file() else None
+    if not Path(resume).is_file():
+        raise FileNotFoundError(f"resume={resume}: no such checkpoint. Fix: pass an existing .ckpt, or resume=auto.")
+    return resume
+
+
 def train(cfg: DictConfig, launched_at: Optional[float] = None) -> dict[str, Any]:
-    """Fit, then (rank 0 only) evaluate, export and write metrics.json; returns the metrics."""
+    """Fit, then (rank 0 only) evaluate, export and write metrics.json; returns the metrics.
+
+    With ``resume=auto`` a run directory that already holds ``metrics.json`` is complete and is
+    not trained again, and one that holds ``checkpoints/last.ckpt`` resumes from it.
+    """
     launched_at = launched_at or time.time()
     output_dir = Path(cfg.paths.output_dir)
+    if cfg.resume == "auto" and (output_dir / "metrics.json").is_file():
+        print(f"rmlab: {output_dir} already holds metrics.json; skipping the finished run (resume=never reruns it)")
+        return json.loads((output_dir / "metrics.json").read_text())
+    ckpt_path = resume_checkpoint(cfg.resume, output_dir)
+    if ckpt_path:
+        print(f"rmlab: resuming from {ckpt_path}")
     pl.seed_everything(cfg.seed, workers=True)
 
     bundle = build_reward_model(**OmegaConf.to_container(cfg.model, resolve=True))
     pair_tokenizer = PairTokenizer(bundle.tokenizer, bundle.chat_template, cfg.data.max_length)
     datamodule = build_datamodule(cfg, pair_tokenizer)
-    module = RewardModule(bundle.model, instantiate(cfg.loss), instantiate(cfg.optimizer.optimizer),
-                          instantiate(cfg.optimizer.scheduler), cfg.optimizer.warmup_ratio)
     logger = build_logger(cfg)
     timer = FirstStepTimer(launched_at)
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()] + [timer]
     trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks, strategy=build_strategy(cfg.strategy),
                           default_root_dir=str(output_dir), use_distributed_sampler=False)
-    trainer.fit(module, datamodule=datamodule)
+    steps = datamodule.optimizer_steps(trainer.world_size, cfg.trainer.accumulate_grad_batches,
+                                       cfg.trainer.max_epochs, cfg.trainer.max_steps)
+    module = RewardModule(bundle.model, instantiate(cfg.loss), instantiate(cfg.optimizer.optimizer),
+                          instantiate(cfg.optimizer.scheduler), cfg.optimizer.warmup_ratio, steps, cfg.on_nonfinite)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     if not trainer.is_global_zero:
         return {}
 
@@ -156,13 +180,15 @@ def train(cfg: DictConfig, launched_at: Optional[float] = None) -> dict[str, Any
         "train": {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1},
         "run": {"loss": hydra_choice("loss") or cfg.loss._target_.rsplit(".", 1)[-1], "seed": cfg.seed,
                 "train_pairs": len(datamodule.train_pairs), "heldout_pairs": len(datamodule.heldout_pairs),
-                "optimizer_steps": trainer.global_step, "first_step_s": timer.seconds,
-                "wall_time_s": round(time.time() - launched_at, 1)},
+                "optimizer_steps": trainer.global_step, "skipped_nonfinite_steps": module.skipped_steps},
     }
     if cfg.export:
         export_reward_model(bundle, output_dir / "export")
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))  # deterministic for a seed on CPU
+    timing = {"first_step_s": timer.seconds, "wall_time_s": round(time.time() - launched_at, 1)}
+    (output_dir / "timing.json").write_text(json.dumps(timing))
     if logger:
         finish_logger(logger, {**metrics["table3"], "data": metrics["data"], "eval": reports})
     print_results(metrics, output_dir)
+    print(f"rmlab: first training step after {timing['first_step_s']} s, run finished after {timing['wall_time_s']} s")
     return metrics

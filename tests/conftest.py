@@ -7,6 +7,7 @@ and saved with ``save_pretrained`` into a session temporary directory.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -28,9 +29,14 @@ OFFLINE_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
 }
 os.environ.update(OFFLINE_ENV)
+# Tiny models: one intra-op thread is fastest (multi-threaded BLAS on a busy 2-core box is ~100x slower).
+TORCH_THREADS = 1
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, str(TORCH_THREADS))
 # datasets.load_dataset on a local directory writes an Arrow cache: keep it out of the user's ~/.cache.
 _DATASETS_CACHE = tempfile.mkdtemp(prefix="rmlab-tests-datasets-")
 os.environ["HF_DATASETS_CACHE"] = _DATASETS_CACHE
+atexit.register(shutil.rmtree, _DATASETS_CACHE, ignore_errors=True)  # also when no test ran (--collect-only)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +45,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_CHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"
     "<|{{ message['role'] }}|>\n{{ message['content'] }}{{ eos_token }}\n"
-    "{% endfor %}"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
 
 _CORPUS = [
@@ -62,7 +68,7 @@ def offline_env():
     try:
         import torch
 
-        torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+        torch.set_num_threads(TORCH_THREADS)
     except ImportError:  # pragma: no cover
         pass
     yield dict(OFFLINE_ENV)

@@ -50,6 +50,8 @@ def test_every_option_composes_and_validates(group, option):
         overrides.append("data.source=pairs.jsonl")
     cfg = compose_config(*overrides)
     validate(cfg)
+    if option == "none":
+        assert not cfg[group], f"{group}=none must empty the group"
 
 
 def test_loss_yaml_names_its_class_and_schema():

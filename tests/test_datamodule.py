@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import types
 import random
 from collections import Counter
 
@@ -82,13 +83,34 @@ def all_batches(sampler):
 @pytest.mark.parametrize("n, batch_size", [(203, 8), (200, 8), (1000, 4), (5, 8)])
 def test_sampler_every_index_once_and_full_batches(n, batch_size):
     lengths = skewed_lengths(n)
-    for shuffle in (True, False):
-        sampler = LengthGroupedBatchSampler(lengths, batch_size, seed=3, shuffle=shuffle)
-        batches = all_batches(sampler)
-        assert sorted(i for b in batches for i in b) == list(range(n))
-        assert all(len(b) == batch_size for b in batches[:-1])
-        assert 1 <= len(batches[-1]) <= batch_size
-        assert len(batches) == len(sampler) == -(-n // batch_size)
+    sampler = LengthGroupedBatchSampler(lengths, batch_size, seed=3)
+    batches = all_batches(sampler)
+    assert sorted(i for b in batches for i in b) == list(range(n))
+    assert all(len(b) == batch_size for b in batches[:-1])
+    assert 1 <= len(batches[-1]) <= batch_size
+    assert len(batches) == len(sampler) == -(-n // batch_size)
+
+
+@pytest.mark.parametrize("n, batch_size", [(203, 8), (200, 8), (5, 8), (17, 4)])
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_eval_sampler_longest_first_none_dropped(n, batch_size, world_size):
+    lengths = skewed_lengths(n)
+    per_rank = [all_batches(LengthGroupedBatchSampler(lengths, batch_size, seed=3, shuffle=False, rank=r,
+                                                      world_size=world_size)) for r in range(world_size)]
+    flat = [i for batches in per_rank for b in batches for i in b]
+    assert sorted(flat) == list(range(n))  # every held-out pair scored exactly once, on some rank
+    if n >= world_size:
+        assert len({len(b) for b in per_rank}) == 1  # ranks step together
+    for rank, batches in enumerate(per_rank):
+        assert len(batches) == len(LengthGroupedBatchSampler(lengths, batch_size, 3, False, rank, world_size))
+        assert all(1 <= len(b) <= batch_size for b in batches)
+    single = all_batches(LengthGroupedBatchSampler(lengths, batch_size, seed=3, shuffle=False))
+    order = [i for b in single for i in b]
+    assert [lengths[i] for i in order] == sorted(lengths, reverse=True)
+    assert all(1 <= len(b) <= batch_size for b in single)
+    assert len(single) >= -(-n // batch_size)
+    # the seed does not matter without shuffling
+    assert all_batches(LengthGroupedBatchSampler(lengths, batch_size, seed=99, shuffle=False)) == single
 
 
 def test_sampler_deterministic_for_seed_and_epoch():
@@ -98,14 +120,13 @@ def test_sampler_deterministic_for_seed_and_epoch():
     again = LengthGroupedBatchSampler(lengths, 8, seed=7)
     assert all_batches(again) == all_batches(again)  # iterating twice gives the same epoch
     assert all_batches(LengthGroupedBatchSampler(lengths, 8, seed=8)) != first
-    sampler = LengthGroupedBatchSampler(lengths, 8, seed=7)
-    sampler.set_epoch(1)
+    epoch = [1]
+    sampler = LengthGroupedBatchSampler(lengths, 8, seed=7, epoch=lambda: epoch[0])
     epoch1 = all_batches(sampler)
     assert epoch1 != first
-    sampler.set_epoch(0)
+    epoch[0] = 0
     assert all_batches(sampler) == first
-    other = LengthGroupedBatchSampler(lengths, 8, seed=7)
-    other.set_epoch(1)
+    other = LengthGroupedBatchSampler(lengths, 8, seed=7, epoch=lambda: 1)
     assert all_batches(other) == epoch1
 
 
@@ -137,7 +158,9 @@ def test_sampler_reduces_padding_vs_random_batching():
 
 def test_sampler_without_shuffle_sorts_by_length_descending():
     lengths = [5, 30, 10, 20, 1]
-    assert all_batches(LengthGroupedBatchSampler(lengths, 2, seed=0, shuffle=False)) == [[1, 3], [2, 0], [4]]
+    batches = all_batches(LengthGroupedBatchSampler(lengths, 2, seed=0, shuffle=False))
+    assert [i for b in batches for i in b] == [1, 3, 2, 0, 4]
+    assert len(batches) == 3 and all(1 <= len(b) <= 2 for b in batches)
 
 
 @pytest.mark.parametrize("n, world_size", [(203, 2), (200, 2), (203, 3), (16, 2)])
@@ -251,9 +274,6 @@ def test_datamodule_setup_and_loaders(pair_tokenizer, tiny_tokenizer):
 
     # a new loader for the same epoch gives the same batches; another epoch a different order
     assert [b["input_ids"].tolist() for b in dm.train_dataloader()] == [b["input_ids"].tolist() for b in batches]
-    loader1 = dm.train_dataloader()
-    loader1.batch_sampler.set_epoch(1)
-    assert [b["input_ids"].tolist() for b in loader1] != [b["input_ids"].tolist() for b in batches]
 
     val = list(dm.val_dataloader())
     assert sum(b["input_ids"].shape[0] // 2 for b in val) == len(dm.heldout_pairs)
@@ -261,21 +281,20 @@ def test_datamodule_setup_and_loaders(pair_tokenizer, tiny_tokenizer):
     assert widths == sorted(widths, reverse=True)
 
 
-@pytest.mark.xfail(reason="BUG: Lightning's fit loop calls set_epoch (lightning.fabric.utilities.data._set_sampler_epoch) "
-                          "only on dataloader.sampler and dataloader.batch_sampler.sampler, never on the batch sampler "
-                          "itself, so LengthGroupedBatchSampler.epoch stays 0 and every epoch repeats epoch 0's order",
-                   strict=True)
-def test_lightning_epoch_hook_reaches_the_batch_sampler(pair_tokenizer):
-    from lightning.fabric.utilities.data import _set_sampler_epoch  # what FitLoop.on_advance_start calls
-
+def test_train_batches_follow_the_trainers_epoch(pair_tokenizer):
+    """The order is read from trainer.current_epoch when an epoch starts (also after a resume)."""
     rows = [{"prompt": f"q {i}", "chosen": f"a {i}", "rejected": f"b {i}"} for i in range(64)]
     dm = PreferenceDataModule(functools.partial(load_pairs, rows), pair_tokenizer, val_fraction=0.0, batch_size=4,
                               eval_batch_size=4, seed=0)
     dm.setup()
-    epoch0 = [b["input_ids"].tolist() for b in dm.train_dataloader()]
+    dm.trainer = types.SimpleNamespace(current_epoch=0, global_rank=0, world_size=1)
     loader = dm.train_dataloader()
-    _set_sampler_epoch(loader, 1)
-    assert [b["input_ids"].tolist() for b in loader] != epoch0
+    epoch0 = [b["input_ids"].tolist() for b in loader]
+    dm.trainer.current_epoch = 1
+    epoch1 = [b["input_ids"].tolist() for b in loader]
+    assert epoch1 != epoch0
+    dm.trainer.current_epoch = 0
+    assert [b["input_ids"].tolist() for b in loader] == epoch0
 
 
 def test_datamodule_margins_reach_the_batch(pair_tokenizer):

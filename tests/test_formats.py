@@ -342,22 +342,50 @@ def test_real_hh_rlhf_skips_exactly_four_empty_rows(shared_data_dir, name):
     assert all(p.chosen[-1]["role"] == "assistant" and p.prompt == p.rejected[:-1] for p in pairs)
 
 
-def test_real_hh_rlhf_layouts_agree(shared_data_dir):
+
+def test_hh_final_turn_string_is_kept_verbatim():
+    row = {"prompt": "\n\nHuman: can you help?\n\nAssistant:",
+           "chosen": " Sure, here is the key:\n\nAssistant:  let us try this out.", "rejected": " No."}
+    pair = to_pair(row)
+    assert pair.chosen == [user("can you help?"), assistant("Sure, here is the key:\n\nAssistant:  let us try this out.")]
+
+
+def test_real_hh_rlhf_layouts_agree_on_ordinary_rows(shared_data_dir):
     plain = shared_data_dir / "hh_rlhf_harmless" / "pairs.jsonl"
     chat = shared_data_dir / "hh_rlhf_harmless" / "pairs_chat.jsonl"
     if not (plain.is_file() and chat.is_file()):
         pytest.skip("hh-rlhf files absent")
-    first, _ = load_pairs(str(plain), max_rows=200)
-    second, _ = load_pairs(str(chat), max_rows=200)
-    assert len(first) == len(second) > 0
-    same = sum(a.chosen == b.chosen and a.rejected == b.rejected for a, b in zip(first, second))
-    assert same / len(first) > 0.9  # whitespace normalisation may differ on a few rows
+    plain_rows = [row for _, row in read_rows(str(plain))]
+    chat_rows = [row for _, row in read_rows(str(chat))]
+    assert len(plain_rows) == len(chat_rows) == 2312
+    compared = 0
+    for a, b in zip(plain_rows, chat_rows):
+        if any("\n\nHuman:" in a[k] or "\n\nAssistant:" in a[k] for k in ("chosen", "rejected")):
+            continue  # see test_real_hh_rlhf_layouts_agree_on_every_row
+        try:
+            first = to_pair(a)
+        except BadRow as bad:
+            with pytest.raises(BadRow) as info:
+                to_pair(b)
+            assert info.value.reason == bad.reason
+            continue
+        second = to_pair(b)
+        assert (first.chosen, first.rejected) == (second.chosen, second.rejected)
+        compared += 1
+    assert compared > 2250
 
 
-@pytest.mark.xfail(reason="BUG: formats._detect_layout accepts hh transcripts that start with 'Human:' without the "
-                          "leading '\\n\\n' (it lstrips newlines), but _hh_turns only splits on '\\n\\n(Human|Assistant):', "
-                          "so the first Human turn is silently dropped and the row is skipped as roles_out_of_order",
-                   strict=True)
+def test_real_hh_rlhf_layouts_agree_on_every_row(shared_data_dir):
+    plain = shared_data_dir / "hh_rlhf_harmless" / "pairs.jsonl"
+    chat = shared_data_dir / "hh_rlhf_harmless" / "pairs_chat.jsonl"
+    if not (plain.is_file() and chat.is_file()):
+        pytest.skip("hh-rlhf files absent")
+    first, _ = load_pairs(str(plain))
+    second, _ = load_pairs(str(chat))
+    mismatched = [i for i, (a, b) in enumerate(zip(first, second)) if (a.chosen, a.rejected) != (b.chosen, b.rejected)]
+    assert len(first) == len(second) and mismatched == []
+
+
 @pytest.mark.parametrize("row", [
     {"prompt": "Human: hi there\n\nAssistant:", "chosen": "a", "rejected": "b"},
     {"chosen": "Human: hi there\n\nAssistant: a", "rejected": "Human: hi there\n\nAssistant: b"},

@@ -240,10 +240,6 @@ def test_pair_tokenizer_truncation_keeps_cls_for_encoders(minilm_tokenizer):
     assert len(out.chosen_ids) == 16 and out.chosen_ids[1:] == full[-15:]
 
 
-@pytest.mark.xfail(reason="BUG: truncate_pair takes the response to start after the longest token prefix chosen and "
-                          "rejected share; when both final turns begin with the same words, that common start is "
-                          "treated as prompt and cut away (with the prompt) instead of the whole response being kept "
-                          "or the pair dropped as response_too_long", strict=True)
 def test_truncation_keeps_responses_that_share_their_first_words(tiny_tokenizer):
     template = reward_chat_template(tiny_tokenizer)
     shared_start = "Hello world, the quick brown fox says: "

@@ -5,7 +5,9 @@ pass scores both. Batches are length-grouped (deterministic for a seed and epoch
 shuffled, cut into windows of ``50 × batch_size``, sorted by length inside a window and
 batched, and the batch order is shuffled. Every batch keeps exactly ``batch_size`` pairs
 (only the epoch's last may be smaller), so pairs per optimizer step are what the config says.
-Under data parallelism each rank takes every ``world_size``-th batch.
+Under data parallelism each rank takes every ``world_size``-th batch, and the last
+``len(batches) % world_size`` batches of an epoch are left out so all ranks step together.
+Evaluation batches are cut longest-first into a count divisible by the world size; none is dropped.
 """
 
 from __future__ import annotations
@@ -53,22 +55,27 @@ def tokenize_pairs(pairs: Sequence[PreferencePair], pair_tokenizer: PairTokenize
 
 
 class LengthGroupedBatchSampler(Sampler[list[int]]):
-    """Batches of similar length, reshuffled each epoch from ``seed + epoch``; sharded by rank."""
+    """Batches of similar length, reshuffled each epoch from ``seed + epoch``; sharded by rank.
+
+    ``epoch`` is read when iteration starts (e.g. ``lambda: trainer.current_epoch``), so a resumed
+    run replays the interrupted epoch's order.
+    """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, shuffle: bool = True,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 rank: int = 0, world_size: int = 1, epoch: Callable[[], int] = lambda: 0) -> None:
         self.lengths, self.batch_size, self.seed, self.shuffle = list(lengths), batch_size, seed, shuffle
-        self.rank, self.world_size, self.epoch = rank, world_size, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.rank, self.world_size, self.epoch = rank, world_size, epoch
+        self.skip_next = 0  # batches of the next epoch already consumed before a resume
 
     def batches(self) -> list[list[int]]:
         order = list(range(len(self.lengths)))
-        if not self.shuffle:
+        if not self.shuffle:  # evaluation: longest first, a batch count divisible by the world size, none dropped
             order.sort(key=lambda i: -self.lengths[i])
-            return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        rng = random.Random(self.seed + self.epoch)
+            count = -(-len(order) // self.batch_size)
+            count = min(len(order), -(-count // self.world_size) * self.world_size) if order else 0
+            bounds = [len(order) * i // count for i in range(count + 1)] if count else [0]
+            return [order[bounds[i]:bounds[i + 1]] for i in range(count)]
+        rng = random.Random(self.seed + self.epoch())
         rng.shuffle(order)
         window = self.batch_size * WINDOW_BATCHES
         grouped = []
@@ -81,12 +88,29 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         batches = self.batches()
-        usable = len(batches) - len(batches) % self.world_size if self.world_size > 1 else len(batches)
-        return iter(batches[self.rank:usable:self.world_size])
+        usable = len(batches) - len(batches) % self.world_size
+        skip, self.skip_next = self.skip_next, 0
+        return iter(batches[self.rank:usable:self.world_size][skip:])
 
     def __len__(self) -> int:
-        count = -(-len(self.lengths) // self.batch_size)
-        return count // self.world_size if self.world_size > 1 else count
+        return len(self.batches()) // self.world_size
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader whose position in the epoch is saved in Lightning checkpoints and restored on resume.
+
+    ``consumed()`` returns how many batches of the current epoch the training loop has taken.
+    """
+
+    def __init__(self, *args: Any, consumed: Callable[[], int], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.consumed = consumed
+
+    def state_dict(self) -> dict[str, int]:
+        return {"batches_consumed": self.consumed()}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.batch_sampler.skip_next = state["batches_consumed"]
 
 
 class PairCollator:
@@ -134,15 +158,28 @@ class PreferenceDataModule(pl.LightningDataModule):
             raise DataError(f"no training pairs left after filtering ({self.stats.as_dict()}). Fix: check "
                             "data.source and data.layout, or raise data.max_length.")
 
-    def _loader(self, pairs: list[TokenizedPair], batch_size: int, shuffle: bool) -> DataLoader:
-        trainer = self.trainer
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        sampler = LengthGroupedBatchSampler([p.num_tokens for p in pairs], batch_size, self.seed, shuffle,
-                                            rank, world)
-        return DataLoader(pairs, batch_sampler=sampler, collate_fn=self.collate, num_workers=self.num_workers)
+
+    def optimizer_steps(self, world_size: int, accumulate: int, max_epochs: int, max_steps: int) -> int:
+        """Optimizer steps of the whole fit, as Lightning will take them."""
+        self.setup()
+        batches = len(LengthGroupedBatchSampler([0] * len(self.train_pairs), self.batch_size, 0, True, 0, world_size))
+        per_epoch = -(-batches // accumulate)
+        return max_steps if max_steps > 0 else per_epoch * max_epochs
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_pairs, self.batch_size, shuffle=True)
+        trainer = self.trainer
+        sampler = LengthGroupedBatchSampler(
+            [p.num_tokens for p in self.train_pairs], self.batch_size, self.seed, True,
+            trainer.global_rank if trainer else 0, trainer.world_size if trainer else 1,
+            epoch=lambda: trainer.current_epoch if trainer else 0)
+        return ResumableDataLoader(
+            self.train_pairs, batch_sampler=sampler, collate_fn=self.collate, num_workers=self.num_workers,
+            consumed=lambda: trainer.fit_loop.epoch_loop.batch_progress.current.ready if trainer else 0)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.heldout_pairs, self.eval_batch_size, shuffle=False)
+        trainer = self.trainer
+        sampler = LengthGroupedBatchSampler([p.num_tokens for p in self.heldout_pairs], self.eval_batch_size,
+                                            self.seed, False, trainer.global_rank if trainer else 0,
+                                            trainer.world_size if trainer else 1)
+        return DataLoader(self.heldout_pairs, batch_sampler=sampler, collate_fn=self.collate,
+                          num_workers=self.num_workers)

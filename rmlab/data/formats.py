@@ -24,7 +24,7 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 
 Message = dict[str, str]
 ROLES = ("system", "user", "assistant")
-_HH_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
+_HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):[ ]?")
 
 
 class DataError(ValueError):
@@ -155,9 +155,12 @@ def to_pair(row: Any, layout: str = "auto", subset_key: str = "subset", margin_k
     if layout == "messages":
         chosen, rejected = _messages(row["chosen"], "chosen"), _messages(row["rejected"], "rejected")
     elif layout == "hh":
-        prompt = _hh_turns(row["prompt"]) if row.get("prompt") is not None else []
-        chosen = prompt + _hh_turns(row["chosen"], final=True)
-        rejected = prompt + _hh_turns(row["rejected"], final=True)
+        if row.get("prompt") is not None:  # a prompt transcript + the final turns as plain strings
+            prompt = _hh_turns(row["prompt"])
+            chosen = prompt + _as_reply(_stripped(row["chosen"]), "chosen")
+            rejected = prompt + _as_reply(_stripped(row["rejected"]), "rejected")
+        else:  # full transcripts
+            chosen, rejected = _hh_turns(row["chosen"]), _hh_turns(row["rejected"])
     else:
         prompt = _as_prompt(row["prompt"])
         chosen = prompt + _as_reply(row["chosen"], "chosen")
@@ -211,18 +214,20 @@ def _as_reply(value: Any, key: str) -> list[Message]:
     return [{"role": "assistant", "content": value}]
 
 
-def _hh_turns(text: Any, final: bool = False) -> list[Message]:
-    """Split an hh-rlhf transcript; a bare string (a final turn) becomes one assistant message."""
+def _stripped(value: Any) -> Any:
+    return value.strip() if isinstance(value, str) else value
+
+
+def _hh_turns(text: Any) -> list[Message]:
+    """Split an hh-rlhf transcript ``"\n\nHuman: ...\n\nAssistant: ..."`` into messages."""
     if not isinstance(text, str):
         raise BadRow("non_string_content", f"hh transcript must be a string, got {type(text).__name__}")
-    if not _HH_TURN.search(text):
-        if final:
-            return [{"role": "assistant", "content": text.strip()}]
-        raise BadRow("bad_transcript", "no '\\n\\nHuman:' / '\\n\\nAssistant:' turns found")
-    parts = _HH_TURN.split(text)
+    parts = _HH_TURN.split(text.lstrip("\n"))
+    if len(parts) < 3 or parts[0].strip():
+        raise BadRow("bad_transcript", "a transcript must start with 'Human:' and hold '\\n\\nAssistant:' turns")
     turns = [{"role": "user" if speaker == "Human" else "assistant", "content": content.strip()}
              for speaker, content in zip(parts[1::2], parts[2::2])]
-    if turns and turns[-1]["role"] == "assistant" and not turns[-1]["content"] and not final:
+    if len(turns) > 1 and turns[-1]["role"] == "assistant" and not turns[-1]["content"] and text.rstrip(" ").endswith(":"):
         turns.pop()  # a prompt transcript ends with an empty "Assistant:" cue
     return turns
 

@@ -7,8 +7,10 @@ template get :data:`FALLBACK_CHAT_TEMPLATE`: ``<bos|cls>role: content\\n ... <eo
 The template rmlab used is exported with the model, and ``tokenizer(text, add_special_tokens=False)``
 of the rendered text (what ``apply_chat_template(tokenize=True)`` does) gives the same ids.
 
-**Truncation** (``max_length``). The response is the part of a sequence after the longest token
-prefix that chosen and rejected share. A pair whose longer response, plus the leading special
+**Truncation** (``max_length``). The response is the part of a sequence after the prompt turns
+(the longest token prefix that chosen, rejected and the rendered prompt turns, with the
+template's generation prompt, share). A pair
+whose longer response, plus the leading special
 token, does not fit is dropped and counted as ``response_too_long``. Otherwise each sequence
 longer than ``max_length`` loses tokens from the start of the conversation (after the leading
 BOS/CLS), so the most recent turns and the whole response are kept.
@@ -69,9 +71,13 @@ class PairTokenizer:
         start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
         self.start_token_id = start
 
+    def render_ids(self, messages: Sequence[dict], add_generation_prompt: bool = False) -> list[int]:
+        text = self.tokenizer.apply_chat_template(list(messages), chat_template=self.chat_template, tokenize=False,
+                                                  add_generation_prompt=add_generation_prompt)
+        return self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+
     def encode(self, messages: Sequence[dict]) -> list[int]:
-        text = self.tokenizer.apply_chat_template(list(messages), chat_template=self.chat_template, tokenize=False)
-        ids = self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        ids = self.render_ids(messages)
         if not ids or ids[-1] != self.end_token_id:
             raise BadRow("template_error", "the rendered conversation does not end with the EOS token")
         return ids
@@ -79,11 +85,13 @@ class PairTokenizer:
     def __call__(self, pair: PreferencePair) -> TokenizedPair:
         try:
             chosen, rejected = self.encode(pair.chosen), self.encode(pair.rejected)
+            prompt = self.render_ids(pair.prompt, add_generation_prompt=True)
         except BadRow:
             raise
         except Exception as err:  # e.g. a template that rejects this role order
             raise BadRow("template_error", str(err)[:200]) from err
-        chosen, rejected = truncate_pair(chosen, rejected, self.max_length, self.start_token_id)
+        prompt_length = min(shared_prefix_length(chosen, rejected), shared_prefix_length(chosen, prompt))
+        chosen, rejected = truncate_pair(chosen, rejected, self.max_length, self.start_token_id, prompt_length)
         return TokenizedPair(chosen, rejected, pair.subset, pair.margin)
 
 
@@ -96,11 +104,16 @@ def shared_prefix_length(first: Sequence[int], second: Sequence[int]) -> int:
     return length
 
 
-def truncate_pair(chosen: list[int], rejected: list[int], max_length: int,
-                  start_token_id: Optional[int]) -> tuple[list[int], list[int]]:
-    """Apply the module's truncation policy; raise ``BadRow("response_too_long")`` when it cannot."""
+def truncate_pair(chosen: list[int], rejected: list[int], max_length: int, start_token_id: Optional[int],
+                  prompt_length: Optional[int] = None) -> tuple[list[int], list[int]]:
+    """Apply the module's truncation policy; raise ``BadRow("response_too_long")`` when it cannot.
+
+    ``prompt_length`` (tokens of the prompt turns) defaults to the prefix chosen and rejected share.
+    """
     keep = 1 if start_token_id is not None and chosen and chosen[0] == start_token_id else 0
-    prompt_length = min(shared_prefix_length(chosen, rejected), len(chosen) - 1, len(rejected) - 1)
+    if prompt_length is None:
+        prompt_length = shared_prefix_length(chosen, rejected)
+    prompt_length = min(prompt_length, len(chosen) - 1, len(rejected) - 1)
     longest_response = max(len(chosen), len(rejected)) - prompt_length
     if keep + longest_response > max_length:
         raise BadRow("response_too_long",
