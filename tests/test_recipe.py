@@ -53,7 +53,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 # --------------------------------------------------------------------------- decontamination
 E = EVAL.split()
-TRAIN_PROMPTS = {  # prompt -> (contaminated?, longest shared run)
+TRAIN_PROMPTS = {  # name -> (prompt, contaminated?, longest shared run)
     "six": (f"{FILLER} {' '.join(E[2:8])} {FILLER}", False, 0),  # 6 shared words inside other text
     "seven": (f"{FILLER} {' '.join(E[2:9])} {FILLER}", True, 7),  # 7 shared words
     "exactly_six": (" ".join(E[:6]), False, 0),  # a 6-word prompt equal to the eval's first 6 words
@@ -154,9 +154,10 @@ def test_select_tool_end_to_end(tmp_path):
 
 # --------------------------------------------------------------------------- mixtures
 def mixture_files(tmp_path: Path) -> tuple[Path, Path]:
+    """40 rows in the messages layout (1-3 user turns, categories x/y), 30 prompt/chosen/rejected rows (z)."""
     first = [pair_row([f"a{i}"] * (1 + i % 3), good="long enough answer" if i % 4 else "tiny", bad="a worse answer",
                       subset="x" if i % 5 else "y") for i in range(40)]
-    second = [pair_row(f"b{i}", subset="z") for i in range(30)]
+    second = [{"prompt": f"b{i}", "chosen": "a good answer", "rejected": "bad", "subset": "z"} for i in range(30)]
     return write_jsonl(tmp_path / "first.jsonl", first), write_jsonl(tmp_path / "second.jsonl", second)
 
 
@@ -266,6 +267,21 @@ def test_rm_filter_keeps_exactly_the_pairs_the_model_ranks_correctly(tmp_path, t
 
 
 # --------------------------------------------------------------------------- entry point and config errors
+@pytest.mark.parametrize("tool", sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "tool").glob("*.yaml")))
+def test_every_tool_config_composes_and_validates(tool):
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from rmlab.data.recipe.config import TOOL_SCHEMAS, register_tool_configs
+
+    register_tool_configs()
+    required = {"stats": ["tool.sources=[{path:a.jsonl}]"], "rm_filter": ["tool.input.path=a.jsonl", "tool.model=m"]}
+    with initialize_config_module(config_module="rmlab.conf", version_base="1.3"):
+        cfg = compose(config_name="data_tools", overrides=[f"tool={tool}", "tool.output_dir=out",
+                                                           *required.get(tool, ["tool.input.path=a.jsonl"])])
+    assert type(OmegaConf.to_object(cfg.tool)) in TOOL_SCHEMAS.values()
+
+
 def test_entry_point_usage_and_errors_name_the_key(tmp_path):
     usage = subprocess.run([sys.executable, "-m", "rmlab.data"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert usage.returncode == 2 and "decontaminate" in usage.stderr and "rm_filter" in usage.stderr

@@ -24,9 +24,10 @@ RUNNERS = {schema: f"rmlab.data.recipe.{name}" for name, schema in TOOL_SCHEMAS.
 
 
 def tool_argv(argv: list[str]) -> list[str]:
-    """``prog <tool> ...`` → ``prog tool=<tool> ...`` (the tool must be the first argument)."""
+    """``prog <tool> ...`` → ``prog ... tool=<tool>`` (the tool must be the first argument; the override goes
+    last so that Hydra's flags such as ``-m`` may follow the tool name)."""
     if len(argv) > 1 and not argv[1].startswith("-") and "=" not in argv[1]:
-        return [argv[0], f"tool={argv[1]}", *argv[2:]]
+        return [argv[0], *argv[2:], f"tool={argv[1]}"]
     return argv
 
 

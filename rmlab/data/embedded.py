@@ -28,13 +28,14 @@ RewardBench's sections:
   over-refusal. Refusal and compliance texts share their openers and templates,
   so a model that simply prefers (or avoids) refusals scores 50%.
 * ``reasoning`` -- arithmetic word problems and tiny Python snippets with a
-  worked solution. Chosen: correct steps and a final answer equal to the last
-  computed value. Rejected (half each): the final answer contradicts its own
-  last step (a small offset, so magnitude is no cue), or the arithmetic is
-  self-consistent but uses the wrong operation for the question (adds instead
-  of multiplying, ``+=`` read as ``*=``, ...). Both are learnable by a small
-  encoder in minutes (matching numbers within the text; relating the question's
-  wording to the operator), unlike verifying arbitrary arithmetic.
+  worked solution, one line per step ("Multiply: 4 × 11 = 44."). Chosen:
+  correct steps and a final answer equal to the last result. Rejected (half
+  each): the final answer contradicts its own last step (a small offset, so
+  magnitude is no cue), or one step names the right operation but applies
+  another ("Multiply: 4 + 11 = 15.") and the rest follows from it. Both errors
+  are internal inconsistencies a small encoder can learn to spot in minutes
+  (matching numbers, matching plan word and operator), unlike verifying
+  arbitrary arithmetic, which it cannot learn at this scale.
 """
 
 from __future__ import annotations
@@ -215,44 +216,31 @@ REFUSE = ("I'm sorry, but I can't help with {w}.", "I can't help with anything i
           "I'm not able to help with {w}. Is there something else I can do?",
           "That involves {w}, so I can't help with it.")
 
-# reasoning: (question, correct solution, solution with a wrong operation, operand sampler);
-# a solution maps operands (a, b, c) to (worked steps, final value).
+# reasoning: (question, recipe, operand sampler). A recipe is a list of steps (left, op, right) over the
+# operands a, b, c and the previous step's result r; each step is worked as "<Plan>: x op y = z."
 ITEMS = ("apples", "stickers", "marbles", "books", "cookies", "pencils", "cards", "stamps", "shells", "coins")
-Solver = Callable[[int, int, int], tuple[str, int]]
+OPS: dict[str, tuple[str, Callable[[int, int], int], str]] = {  # symbol -> (plan word, function, wrong symbol)
+    "+": ("Add", lambda x, y: x + y, "-"), "-": ("Subtract", lambda x, y: x - y, "+"),
+    "×": ("Multiply", lambda x, y: x * y, "+")}
 Sampler = Callable[[random.Random], tuple[int, int, int]]
-PROBLEMS: tuple[tuple[str, Solver, Solver, Sampler], ...] = (
-    ("{name} has {a} {item} and gets {b} more. How many {item} does {name} have now?",
-     lambda a, b, c: (f"{a} + {b} = {a + b}.", a + b), lambda a, b, c: (f"{a} - {b} = {a - b}.", a - b),
+PROBLEMS: tuple[tuple[str, tuple[tuple[str, str, str], ...], Sampler], ...] = (
+    ("{name} has {a} {item} and gets {b} more. How many {item} does {name} have now?", (("a", "+", "b"),),
      lambda r: (r.randint(25, 70), r.randint(2, 24), 0)),
-    ("{name} had {a} {item} and gave away {b}. How many are left?",
-     lambda a, b, c: (f"{a} - {b} = {a - b}.", a - b), lambda a, b, c: (f"{a} + {b} = {a + b}.", a + b),
+    ("{name} had {a} {item} and gave away {b}. How many are left?", (("a", "-", "b"),),
      lambda r: (r.randint(30, 90), r.randint(2, 29), 0)),
-    ("There are {a} boxes with {b} {item} in each. How many {item} are there in total?",
-     lambda a, b, c: (f"{a} × {b} = {a * b}.", a * b), lambda a, b, c: (f"{a} + {b} = {a + b}.", a + b),
+    ("There are {a} boxes with {b} {item} in each. How many {item} are there in total?", (("a", "×", "b"),),
      lambda r: (r.randint(2, 12), r.randint(2, 12), 0)),
-    ("A train travels at {a} km/h for {b} hours. How far does it go?",
-     lambda a, b, c: (f"Distance is {a} × {b} = {a * b} km.", a * b),
-     lambda a, b, c: (f"Distance is {a} + {b} = {a + b} km.", a + b),
+    ("A train travels at {a} km/h for {b} hours. How many km does it go?", (("a", "×", "b"),),
      lambda r: (r.randrange(20, 130, 10), r.randint(2, 6), 0)),
     ("{name} buys {a} pens at ${b} each and pays with ${c}. How much change does {name} get?",
-     lambda a, b, c: (f"The pens cost {a} × {b} = {a * b}, and {c} - {a * b} = {c - a * b}.", c - a * b),
-     lambda a, b, c: (f"The pens cost {a} + {b} = {a + b}, and {c} - {a + b} = {c - a - b}.", c - a - b),
-     lambda r: (r.randint(2, 6), r.randint(2, 8), r.choice((50, 60, 80, 100)))),
+     (("a", "×", "b"), ("c", "-", "r")), lambda r: (r.randint(2, 6), r.randint(2, 8), r.choice((50, 60, 80, 100)))),
     ("{name} reads {a} pages a day for {b} days, then {c} more pages. How many pages in total?",
-     lambda a, b, c: (f"{a} × {b} = {a * b}, and {a * b} + {c} = {a * b + c}.", a * b + c),
-     lambda a, b, c: (f"{a} × {b} = {a * b}, and {a * b} - {c} = {a * b - c}.", a * b - c),
-     lambda r: (r.randint(5, 20), r.randint(2, 7), r.randint(3, 9))),
-    ("What does this code print?\nx = {a}\nx += {b}\nprint(x)",
-     lambda a, b, c: (f"x starts at {a}, then {a} + {b} = {a + b}.", a + b),
-     lambda a, b, c: (f"x starts at {a}, then {a} × {b} = {a * b}.", a * b),
-     lambda r: (r.randint(2, 30), r.randint(2, 12), 0)),
+     (("a", "×", "b"), ("r", "+", "c")), lambda r: (r.randint(5, 20), r.randint(2, 7), r.randint(3, 9))),
+    ("What does this code print?\nx = {a}\nx += {b}\nprint(x)", (("a", "+", "b"),),
+     lambda r: (r.randint(2, 40), r.randint(2, 30), 0)),
     ("What does this code print?\ntotal = 0\nfor i in range({a}):\n    total += {b}\nprint(total)",
-     lambda a, b, c: (f"The loop adds {b} {a} times: {a} × {b} = {a * b}.", a * b),
-     lambda a, b, c: (f"The loop adds {b} {a} times: {a} + {b} = {a + b}.", a + b),
-     lambda r: (r.randint(2, 10), r.randint(2, 15), 0)),
-    ("What does this code print?\nx = {a}\ny = x * {b} - {c}\nprint(y)",
-     lambda a, b, c: (f"{a} × {b} = {a * b}, and {a * b} - {c} = {a * b - c}.", a * b - c),
-     lambda a, b, c: (f"{a} × {b} = {a * b}, and {a * b} + {c} = {a * b + c}.", a * b + c),
+     (("a", "×", "b"),), lambda r: (r.randint(2, 10), r.randint(2, 15), 0)),
+    ("What does this code print?\nx = {a}\ny = x * {b} - {c}\nprint(y)", (("a", "×", "b"), ("r", "-", "c")),
      lambda r: (r.randint(2, 12), r.randint(2, 9), r.randint(1, 3))),
 )
 FINAL = ("The answer is {v}.", "So the answer is {v}.", "Final answer: {v}.")
@@ -328,20 +316,30 @@ def _safety(rng: random.Random) -> Triple:
     return [{"role": "user", "content": request.format(**f)}], good, bad
 
 
+def _work(recipe: tuple[tuple[str, str, str], ...], values: dict[str, int], slip: int = -1) -> tuple[str, int]:
+    """Work a recipe step by step; step ``slip`` keeps its plan word but applies the wrong operation."""
+    lines, r = [], 0
+    for i, (left, op, right) in enumerate(recipe):
+        x, y = (values[k] if k != "r" else r for k in (left, right))
+        r = OPS[OPS[op][2] if i == slip else op][1](x, y)
+        lines.append(f"{OPS[op][0]}: {x} {OPS[op][2] if i == slip else op} {y} = {r}.")
+    return " ".join(lines), r
+
+
 def _reasoning(rng: random.Random) -> Triple:
-    """Correct worked solution vs. one whose final answer contradicts it or that uses a wrong operation."""
-    question, solve, misstep, sample = rng.choice(PROBLEMS)
+    """Correct worked solution vs. one whose final answer contradicts it or whose step uses the wrong operation."""
+    question, recipe, sample = rng.choice(PROBLEMS)
     a, b, c = sample(rng)
     f = {**_fill(rng), "a": a, "b": b, "c": c, "item": rng.choice(ITEMS)}
-    steps, value = solve(a, b, c)
+    steps, value = _work(recipe, f)
     final = rng.choice(FINAL)
     if rng.random() < 0.5:  # final answer contradicts the worked steps
         wrong = value + rng.choice((-1, 1)) * rng.randint(1, 9)
         while str(wrong) in {str(v) for v in (a, b, c, value)} or wrong < 0:
             wrong += 1
         bad = f"{steps} {final.format(v=wrong)}"
-    else:  # consistent arithmetic, but the wrong operation for the question
-        bad_steps, bad_value = misstep(a, b, c)
+    else:  # one step says e.g. "Multiply" but adds; the rest follows consistently
+        bad_steps, bad_value = _work(recipe, f, slip=rng.randrange(len(recipe)))
         bad = f"{bad_steps} {final.format(v=bad_value)}"
     return [{"role": "user", "content": question.format(**f)}], f"{steps} {final.format(v=value)}", bad
 

@@ -15,7 +15,7 @@ from typing import Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from rmlab.config import ConfigError, _check
+from rmlab.config import _check
 
 LAYOUTS = ("auto", "messages", "prompt_response", "hh")
 FORMATS = ("jsonl", "parquet")

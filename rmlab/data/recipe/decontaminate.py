@@ -5,7 +5,7 @@ is contaminated when one of its turns (``roles``, default the user turns) shares
 words with a turn of an evaluation prompt, for some ``n_min <= n <= n_max`` (default 7..13). Such a run
 exists iff a shared ``n_min``-gram exists, so only ``n_min``-grams are hashed: the evaluation n-grams go
 into a hash table (n-gram → where it occurs), and each training turn's n-grams are probed against it with
-``set.isdisjoint`` (C speed, no pairwise comparison). N-grams never span two turns, and a turn shorter than
+``isdisjoint`` (C speed, no pairwise comparison). N-grams never span two turns, and a turn shorter than
 ``n_min`` words has no n-gram, so it can never match (6 shared words do not match, 7 do).
 
 **Reported** for each contaminated pair: the longest shared run (``shared_words``) and the matched n-gram
@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
-from rmlab.data.formats import BadRow, PreferencePair, RowStats, read_rows, to_pair
+from rmlab.data.formats import BadRow, PreferencePair, RowStats, to_pair
 from rmlab.data.recipe.config import DecontaminateConfig, InputConfig
-from rmlab.data.recipe.io import Record, RowWriter, check_exists, expand_globs, input_name, iter_records
-from rmlab.data.recipe.io import markdown_table, write_report
+from rmlab.data.recipe.io import Record, RowWriter, expand_globs, input_name, iter_records, read_input
+from rmlab.data.recipe.io import markdown_table, skip_rows, write_report
 
 _WORD = re.compile(r"\w+")
 Gram = tuple[str, ...]
@@ -109,9 +109,8 @@ def _eval_prompt(row: Any, spec: InputConfig, roles: Sequence[str]) -> tuple[lis
 def load_eval_prompts(specs: Sequence[InputConfig], roles: Sequence[str]) -> EvalPrompts:
     prompts, seen = EvalPrompts(), set()
     for index, spec in enumerate(specs):
-        check_exists(spec, f"tool.eval_sets[{index}]")
         name = input_name(spec)
-        for _, row in read_rows(spec.path, spec.split, spec.subset_name, spec.max_rows):
+        for _, row in read_input(spec, f"tool.eval_sets[{index}]"):
             prompts.stats.rows_read += 1
             prompts.stats.rows_used += 1
             try:
@@ -197,7 +196,7 @@ def run(cfg: DecontaminateConfig) -> dict[str, Any]:
                 clean.write(record.row)
             else:
                 removed.write(removed_row(record, match, prompts.labels, cfg.n_max))
-    stats.skip("contaminated", removed.count)
+    skip_rows(stats, "contaminated", removed.count)
     tables = contamination_tables(tally, prompts.labels)
     timing = {"eval_index_s": round(indexed - started, 2), "train_pass_s": round(time.perf_counter() - indexed, 2)}
     totals = tables["totals"]

@@ -63,11 +63,25 @@ def check_exists(spec: InputConfig, key: str) -> None:
                         "a dataset directory or a hub id.")
 
 
+def skip_rows(stats: RowStats, reason: str, count: int) -> None:
+    """``stats.skip`` for a tool's own drop reason, left out of the counts when nothing was dropped."""
+    if count:
+        stats.skip(reason, count)
+
+
+def read_input(spec: InputConfig, key: str) -> Iterator[tuple[str, Any]]:
+    """:func:`read_rows` of ``spec``; errors name the config key."""
+    check_exists(spec, key)
+    try:
+        yield from read_rows(spec.path, spec.split, spec.subset_name, spec.max_rows)
+    except DataError as err:
+        raise DataError(f"{key} (path={spec.path!r}): {err}") from err
+
+
 def iter_records(spec: InputConfig, key: str, stats: RowStats) -> Iterator[Record]:
     """Every valid row of ``spec`` as a Record, streamed; bad rows are counted in ``stats`` and skipped."""
-    check_exists(spec, key)
     name = input_name(spec)
-    for location, row in read_rows(spec.path, spec.split, spec.subset_name, spec.max_rows):
+    for location, row in read_input(spec, key):
         stats.rows_read += 1
         stats.rows_used += 1
         try:

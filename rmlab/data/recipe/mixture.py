@@ -28,7 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 from rmlab.config import ConfigError
 from rmlab.data.formats import PreferencePair, RowStats
 from rmlab.data.recipe.config import FilterConfig, SourceConfig
-from rmlab.data.recipe.io import Record, input_name, load_records
+from rmlab.data.recipe.io import Record, input_name, load_records, skip_rows
 
 
 @dataclass
@@ -85,7 +85,7 @@ def weighted_quotas(available: Sequence[int], weights: Sequence[float], total: O
     exact = [s * size for s in shares]
     quotas = [math.floor(x + 1e-9) for x in exact]
     by_remainder = sorted(range(len(exact)), key=lambda i: (-(exact[i] - quotas[i]), i))
-    for i in by_remainder[:0]:
+    for i in by_remainder[:size - sum(quotas)]:
         quotas[i] += 1
     return quotas
 
@@ -128,7 +128,7 @@ def build_mixture(sources: Sequence[Any], seed: int, total: Optional[int] = None
     if all(weighted):
         quotas = weighted_quotas([len(s.kept) for s in mixture], [s.spec.weight for s in mixture], total)
         for source, quota in zip(mixture, quotas):
-            source.stats.skip("mixture_weight", len(source.kept) - quota)
+            skip_rows(source.stats, "mixture_weight", len(source.kept) - quota)
             source.kept = sample(source.kept, quota, random.Random(f"{seed}:{source.name}:weight"))
     size, stats = sum(len(source.kept) for source in mixture), RowStats()
     for source in mixture:

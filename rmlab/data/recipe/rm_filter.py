@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from rmlab.data.formats import BadRow, DataError
 from rmlab.data.recipe.config import RMFilterConfig
-from rmlab.data.recipe.io import Record, load_records, markdown_table, write_report, write_rows
+from rmlab.data.recipe.io import Record, load_records, markdown_table, skip_rows, write_report, write_rows
 
 CHUNK_BATCHES = 8  # batches scored between progress-bar updates
 
@@ -71,7 +71,7 @@ def run(cfg: RMFilterConfig) -> dict[str, Any]:
     for record, (good, bad) in zip(scorable, rewards):
         row = {**record.row, "rm_chosen_reward": good, "rm_rejected_reward": bad}
         (kept if good - bad > cfg.margin else removed).append((record, row))
-    stats.skip("rm_misranked", len(removed))
+    skip_rows(stats, "rm_misranked", len(removed))
     write_rows(out, "pairs", [row for _, row in kept], cfg.format)
     write_rows(out, "removed", [{"location": r.location, **row} for r, row in removed], "jsonl")
     total, right = Counter(r.pair.subset for r in scorable), Counter(r.pair.subset for r, _ in kept)

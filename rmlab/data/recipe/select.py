@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from rmlab.data.recipe.config import SelectConfig
-from rmlab.data.recipe.io import Record, load_records, markdown_table, write_report, write_rows
+from rmlab.data.recipe.io import Record, load_records, markdown_table, skip_rows, write_report, write_rows
 
 
 def kept_count(fraction: float, pairs: int) -> int:
@@ -55,7 +55,7 @@ def run(cfg: SelectConfig) -> dict[str, Any]:
         else:
             stats.skip("missing_score")
     kept, summary = select(scored, scores, cfg.fractions, cfg.default_fraction, cfg.offsets)
-    stats.skip("not_selected", len(scored) - len(kept))
+    skip_rows(stats, "not_selected", len(scored) - len(kept))
     write_rows(out, "pairs", [scored[i].row for i in kept], cfg.format)
     sources, sources_kept = Counter(r.source for r in scored), Counter(scored[i].source for i in kept)
     unused = {"fractions": sorted(set(cfg.fractions) - {row["category"] for row in summary}),

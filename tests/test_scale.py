@@ -1,0 +1,188 @@
+"""Scaling out on CPU: strategy options and DeepSpeed config dicts, batch arithmetic, plan mode, real DDP."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+from rmlab.config import ConfigError, register_configs, validate
+from rmlab.plan import build_plan, model_state_bytes
+from rmlab.strategy import build_strategy, check_hardware, deepspeed_config, gradient_accumulation
+
+register_configs()
+HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
+
+
+def compose_config(*overrides: str):
+    with initialize_config_module(config_module="rmlab.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=list(overrides))
+    cfg.paths.output_dir = "/tmp/rmlab-test-output"
+    return cfg
+
+
+@pytest.mark.parametrize("global_batch,micro,devices,nodes,expected", [
+    (128, 2, 8, 1, 8), (128, 4, 8, 4, 1), (128, 1, 8, 2, 8), (None, 4, 8, 1, 1), (32, 8, 1, 1, 4)])
+def test_accumulation_is_derived_from_the_global_batch(global_batch, micro, devices, nodes, expected):
+    assert gradient_accumulation(global_batch, micro, devices, nodes) == expected
+    if global_batch:
+        assert micro * devices * nodes * expected == global_batch
+
+
+def test_accumulation_errors_name_the_numbers():
+    with pytest.raises(ValueError, match=r"128 is not divisible .* = 24"):
+        gradient_accumulation(128, 3, 8, 1)
+    with pytest.raises(ValueError, match="set one"):
+        gradient_accumulation(128, 2, 8, 1, accumulate_grad_batches=4)
+    cfg = compose_config("data.global_batch_size=100", "data.batch_size=8", "trainer.devices=1")
+    with pytest.raises(ConfigError, match="not divisible"):
+        validate(cfg)
+
+
+@pytest.mark.parametrize("option,stage,offload_opt,offload_param", [
+    ("deepspeed_zero2", 2, False, False), ("deepspeed_zero3", 3, False, False),
+    ("deepspeed_zero3_offload", 3, True, True)])
+def test_deepspeed_options_build_their_config_dict(option, stage, offload_opt, offload_param):
+    cfg = compose_config(f"strategy={option}", "trainer=gpu", "trainer.devices=8", "data.global_batch_size=128",
+                         "data.batch_size=2", "trainer.gradient_clip_val=1.0")
+    validate(cfg)
+    ds = deepspeed_config(cfg.strategy, 2, 8, 8, cfg.trainer.precision, 1.0)
+    zero = ds["zero_optimization"]
+    assert zero["stage"] == stage
+    assert ("offload_optimizer" in zero) == offload_opt and ("offload_param" in zero) == offload_param
+    assert ds["train_batch_size"] == 128 == ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * 8
+    assert ds["bf16"]["enabled"] and not ds["fp16"]["enabled"] and ds["gradient_clipping"] == 1.0
+    assert zero["reduce_bucket_size"] == cfg.strategy.reduce_bucket_size
+    assert ("stage3_prefetch_bucket_size" in zero) == (stage == 3)
+    json.dumps(ds)  # the dict is saved as deepspeed_config.json
+
+
+@pytest.mark.skipif(not HAS_DEEPSPEED, reason="deepspeed extra not installed")
+def test_lightning_deepspeed_strategy_takes_the_dict():
+    cfg = compose_config("strategy=deepspeed_zero3", "trainer=gpu")
+    ds = deepspeed_config(cfg.strategy, 2, 1, 1, "bf16-mixed", None)
+    strategy = build_strategy(cfg.strategy, ds)
+    assert type(strategy).__name__ == "DeepSpeedStrategy" and strategy.config == ds
+
+
+def test_ddp_and_auto_strategies_build():
+    assert build_strategy(compose_config().strategy, None) == "auto"
+    ddp = build_strategy(compose_config("strategy=ddp").strategy, None)
+    assert type(ddp).__name__ == "DDPStrategy"
+
+
+def test_cuda_only_strategies_are_refused_on_cpu_with_the_alternative():
+    with pytest.raises(ConfigError, match="strategy=ddp on CPU"):
+        validate(compose_config("strategy=deepspeed_zero2"))
+    with pytest.raises(ValueError, match="this machine has none.*strategy=ddp"):
+        check_hardware("deepspeed", "gpu", cuda_available=False)
+    check_hardware("ddp", "cpu", cuda_available=False)
+    with pytest.raises(ConfigError, match="strategy.offload_parameters"):
+        validate(compose_config("strategy=deepspeed_zero2", "trainer=gpu", "strategy.offload_parameters=true"))
+
+
+@pytest.mark.parametrize("preset,expected_billions", [("gemma2_27b", 27.2), ("llama3_1_8b", 7.50)])
+def test_plan_counts_parameters_of_the_paper_presets_offline(preset, expected_billions):
+    cfg = compose_config(f"model={preset}", "strategy=deepspeed_zero3", "trainer.devices=8", "plan=true",
+                         "data.global_batch_size=128", "data.batch_size=2")
+    plan = build_plan(cfg)
+    assert plan["model"]["parameters"] / 1e9 == pytest.approx(expected_billions, rel=0.01)
+    assert plan["batch"]["accumulation"] == 8 and plan["batch"]["pairs_per_optimizer_step"] == 128
+    assert plan["strategy"]["deepspeed_config"]["zero_optimization"]["stage"] == 3
+    assert 0 < plan["memory_gib_per_gpu"]["model_states"] < 80
+
+
+def test_gemma_parameter_count_by_hand():
+    """Gemma-2-27B from its architecture numbers, independently of transformers."""
+    h, layers, vocab, heads, kv, head_dim, inter = 4608, 46, 256000, 32, 16, 128, 36864
+    attention = h * heads * head_dim * 2 + h * kv * head_dim * 2
+    per_layer = attention + 3 * h * inter + 4 * h
+    total = vocab * h + layers * per_layer + h + h  # embeddings, layers, final norm, 1-unit score head
+    cfg = compose_config("model=gemma2_27b", "plan=true")
+    assert build_plan(cfg)["model"]["parameters"] == total
+
+
+@pytest.mark.skipif(not HAS_DEEPSPEED, reason="deepspeed extra not installed")
+@pytest.mark.parametrize("stage,offload_opt,offload_param", [(2, False, False), (2, True, False), (3, False, False),
+                                                           (3, True, False), (3, True, True)])
+def test_model_state_memory_matches_deepspeeds_estimators(stage, offload_opt, offload_param):
+    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+    total, largest, gpus, nodes = 27_227_132_928, 1_179_648_000, 8, 2
+    gpu, cpu = model_state_bytes(total, largest, stage, gpus, nodes, offload_opt, offload_param)
+    if stage == 2:
+        ds_cpu, ds_gpu = estimate_zero2_model_states_mem_needs(total, gpus, nodes, cpu_offload=offload_opt)
+    else:
+        ds_cpu, ds_gpu, _ = estimate_zero3_model_states_mem_needs(total, largest, gpus, nodes, cpu_offload=offload_opt,
+                                                                  cpu_offload_params=offload_param, zero_init=True)
+    assert int(gpu) == ds_gpu and int(cpu) == ds_cpu
+
+
+def test_plan_cli_is_offline_and_fast(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-m", "rmlab", "model=gemma2_27b", "strategy=deepspeed_zero3",
+                             "trainer.devices=8", "plan=true", f"hydra.run.dir={tmp_path}"],
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "27.23B parameters" in result.stdout and "ZeRO-3" in result.stdout
+    assert json.loads((tmp_path / "plan.json").read_text())["batch"]["devices"] == 8
+    missing = subprocess.run([sys.executable, "-m", "rmlab", "model=hf", "model.name_or_path=org/not-cached",
+                              "plan=true", f"hydra.run.dir={tmp_path}/b"], capture_output=True, text=True,
+                             timeout=120, env=env)
+    assert missing.returncode != 0 and "model.arch_config" in missing.stderr
+
+
+def write_pairs(path: Path) -> None:
+    rows = []
+    for i in range(96):
+        prompt = [{"role": "user", "content": f"question {i} about topic {i % 7}"}]
+        rows.append({"chosen": prompt + [{"role": "assistant", "content": f"a helpful answer on topic {i % 7}"}],
+                     "rejected": prompt + [{"role": "assistant", "content": "no"}], "subset": "ab"[i % 2]})
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+
+
+@pytest.mark.parametrize("launcher", ["lightning", "torchrun"])
+def test_two_process_ddp_fit_writes_one_run_dir(tmp_path, tiny_llama_dir, launcher):
+    data = tmp_path / "pairs.jsonl"
+    write_pairs(data)
+    args = ["model=hf", f"model.name_or_path={tiny_llama_dir}", "data=local", f"data.source={data}",
+            "data.max_length=64", "data.batch_size=4", "strategy=ddp", "trainer.devices=2", "logger=csv",
+            "trainer.enable_progress_bar=false"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
+    if launcher == "lightning":
+        command = [sys.executable, "-m", "rmlab", *args]
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                   "-m", "rmlab", *args]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    run_dirs = [p for p in (tmp_path / "outputs" / "runs").iterdir()]
+    assert len(run_dirs) == 1, run_dirs
+    run = run_dirs[0]
+    assert len(list(tmp_path.rglob("metrics.json"))) == 1 and len(list(tmp_path.rglob(".hydra"))) == 1
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["run"]["optimizer_steps"] > 0 and metrics["eval"]["heldout"]["pairs"] > 0
+    saved = [json.loads(line) for line in (run / "rewards" / "heldout.jsonl").read_text().splitlines()]
+    from transformers import AutoModelForSequenceClassification
+
+    from rmlab.data.datamodule import split_pairs
+    from rmlab.data.formats import load_pairs
+    from rmlab.model import build_reward_model
+    from rmlab.data.tokenize import PairTokenizer
+    from rmlab.scoring import score_pairs
+
+    bundle = build_reward_model(str(run / "export"))
+    assert isinstance(bundle.model, AutoModelForSequenceClassification._model_mapping[type(bundle.model.config)])
+    _, heldout = split_pairs(load_pairs(str(data))[0], 0.15)
+    tokenized = [PairTokenizer(bundle.tokenizer, bundle.chat_template, 64)(p) for p in heldout]
+    chosen, rejected = score_pairs(bundle.model, tokenized, bundle.tokenizer.pad_token_id)
+    assert chosen == pytest.approx([r["chosen"] for r in saved], abs=1e-4)
+    assert rejected == pytest.approx([r["rejected"] for r in saved], abs=1e-4)
