@@ -70,6 +70,19 @@ OmegaConf.register_new_resolver("rmlab.preset", _preset_config, replace=True)
 
 # --------------------------------------------------------------------------- model
 @dataclass
+class LoraConfig:
+    enabled: bool = False  # train low-rank adapters (peft); the reward head stays fully trainable
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: Any = "all-linear"  # or a list of module names
+
+    def __post_init__(self) -> None:
+        _check(self.r >= 1, "model.lora.r", "must be >= 1", self.r)
+        _check(0.0 <= self.dropout < 1.0, "model.lora.dropout", "must be in [0, 1)", self.dropout)
+
+
+@dataclass
 class ModelConfig:
     name_or_path: str = MISSING  # hub id or local directory of an AutoModelForSequenceClassification checkpoint
     tokenizer: Optional[str] = None  # defaults to name_or_path
@@ -81,6 +94,7 @@ class ModelConfig:
     dropout: Optional[float] = None  # None keeps the checkpoint's dropout
     dtype: str = "float32"  # weights as loaded: float32 | bfloat16 | float16
     arch_config: Optional[str] = None  # a config.json for plan mode when the checkpoint is not reachable
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
     def __post_init__(self) -> None:
         _check(self.architecture in ("auto", "encoder", "decoder"), "model.architecture",
@@ -110,6 +124,8 @@ class DataConfig:
     margin_key: Optional[str] = None  # column with a per-pair margin, if any
     embedded_pairs_per_category: int = 250
     section_mapping: Any = None  # {section: [subsets]} for the held-out score, e.g. {Chat:[a],Safety:[b]}
+    sources: Any = None  # a mixture: [{path, layout, cap, weight, filters}, ...] (rmlab/data/recipe/mixture.py)
+    mixture_total: Optional[int] = None  # pairs in a weighted mixture (null: the largest without repeats)
 
     def __post_init__(self) -> None:
         _check(self.layout in ("auto", "messages", "prompt_response", "hh"), "data.layout",

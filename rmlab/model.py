@@ -63,7 +63,7 @@ def build_reward_model(name_or_path: str, tokenizer: Optional[str] = None, archi
                        chat_template: Optional[str] = None, trust_remote_code: bool = False,
                        attn_implementation: Optional[str] = None, gradient_checkpointing: bool = False,
                        dropout: Optional[float] = None, dtype: str = "float32", arch_config: Optional[str] = None,
-                       defer_model: bool = False) -> RewardModelBundle:
+                       lora: Optional[dict] = None, defer_model: bool = False) -> RewardModelBundle:
     """Load tokenizer and model (fresh 1-unit head) and fix the pad token and the chat template.
 
     ``defer_model`` leaves ``bundle.model`` None and ``bundle.load_model`` to be called later, e.g. in
@@ -93,16 +93,29 @@ def build_reward_model(name_or_path: str, tokenizer: Optional[str] = None, archi
         model.train()  # from_pretrained returns eval mode; Lightning keeps the mode it finds
         if gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        return model
+        return with_lora(model, lora) if lora and lora.get("enabled") else model
 
     template = reward_chat_template(tok, chat_template)
     return RewardModelBundle(None if defer_model else load_model(), tok, template, encoder, load_model)
 
 
+def with_lora(model: Any, lora: dict) -> Any:
+    """Wrap ``model`` with peft LoRA adapters; the sequence-classification head stays fully trainable."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    config = LoraConfig(task_type=TaskType.SEQ_CLS, r=lora["r"], lora_alpha=lora["alpha"],
+                        lora_dropout=lora["dropout"], target_modules=lora["target_modules"])
+    return get_peft_model(model, config)
+
+
 def export_reward_model(bundle: RewardModelBundle, directory: str | Path) -> Path:
-    """``save_pretrained`` the model and the tokenizer, with the chat template rmlab rendered with."""
+    """``save_pretrained`` the model (LoRA merged in) and the tokenizer, with the chat template rmlab used."""
     directory = Path(directory)
     bundle.tokenizer.chat_template = bundle.chat_template
-    bundle.model.save_pretrained(directory)
+    model = bundle.model
+    if hasattr(model, "merge_and_unload"):  # a peft model: export plain weights that transformers loads
+        model = model.merge_and_unload()
+        bundle.model = model
+    model.save_pretrained(directory)
     bundle.tokenizer.save_pretrained(directory)
     return directory

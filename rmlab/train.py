@@ -7,7 +7,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import lightning.pytorch as pl
 import torch
@@ -69,11 +69,22 @@ def build_logger(cfg: DictConfig) -> Any:
     return logger
 
 
+def pairs_loader(d: DictConfig) -> Callable[[], tuple[list, RowStats]]:
+    """Loads ``(pairs, stats)``: a mixture when ``data.sources`` is set (sampled with seed 0, so the
+    training seed never changes the data), else ``data.source``."""
+    if d.sources:
+        from rmlab.data.recipe.mixture import load_mixture
+
+        sources = OmegaConf.to_container(d.sources, resolve=True)
+        return lambda: load_mixture(sources, seed=0, total=d.mixture_total)[:2]
+    return functools.partial(load_pairs, data_source(d), layout=d.layout, split=d.split, subset_name=d.subset_name,
+                             max_rows=d.max_rows, subset_key=d.subset_key, margin_key=d.margin_key,
+                             on_bad_row=d.on_bad_row, stats=RowStats())
+
+
 def build_datamodule(cfg: DictConfig, pair_tokenizer: PairTokenizer) -> PreferenceDataModule:
     d = cfg.data
-    loader = functools.partial(load_pairs, data_source(d), layout=d.layout, split=d.split,
-                               subset_name=d.subset_name, max_rows=d.max_rows, subset_key=d.subset_key,
-                               margin_key=d.margin_key, on_bad_row=d.on_bad_row, stats=RowStats())
+    loader = pairs_loader(d)
     return PreferenceDataModule(loader, pair_tokenizer, val_fraction=d.val_fraction, batch_size=d.batch_size,
                                 eval_batch_size=d.eval_batch_size, on_bad_row=d.on_bad_row,
                                 num_workers=d.num_workers, seed=cfg.seed)

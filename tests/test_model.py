@@ -223,3 +223,28 @@ def test_score_pairs_splits_chosen_and_rejected(llama_bundle):
     expected = single_rewards(llama_bundle.model, sequences).tolist()
     assert chosen == pytest.approx([expected[0], expected[2]], abs=1e-5)
     assert rejected == pytest.approx([expected[1], expected[3]], abs=1e-5)
+
+
+def test_lora_trains_adapters_and_head_and_exports_merged(tiny_llama_dir, tmp_path):
+    pytest.importorskip("peft")
+    from transformers import AutoModelForSequenceClassification
+
+    from rmlab.model import build_reward_model, export_reward_model
+
+    lora = {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}
+    bundle = build_reward_model(str(tiny_llama_dir), lora=lora)
+    trainable = {n for n, p in bundle.model.named_parameters() if p.requires_grad}
+    assert any("lora_" in n for n in trainable) and any("score" in n for n in trainable)
+    assert not any("embed_tokens" in n or ("q_proj.base_layer" in n) for n in trainable)
+    with torch.no_grad():  # as if trained: adapters and head move away from their initial values
+        for name, parameter in bundle.model.named_parameters():
+            if parameter.requires_grad:
+                parameter.add_(0.05 * torch.randn_like(parameter))
+    ids = torch.tensor([[1, 30, 31, 32, 2]])
+    bundle.model.eval()
+    with torch.no_grad():
+        expected = bundle.model(input_ids=ids).logits.item()
+    export_reward_model(bundle, tmp_path / "export")
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "export").eval()
+    with torch.no_grad():
+        assert reloaded(input_ids=ids).logits.item() == pytest.approx(expected, abs=1e-4)

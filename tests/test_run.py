@@ -100,3 +100,21 @@ def test_exported_model_reproduces_rewards_with_plain_transformers(finished_run)
                 reward = model(**ids).logits.item()
                 assert reward == pytest.approx(expected[side], abs=1e-4)
             assert expected["subset"] == pair.subset
+
+
+def test_training_data_can_be_a_mixture(tmp_path):
+    """data.sources feeds rmlab.data.recipe.load_mixture; caps and filters apply, rows stay counted."""
+    from omegaconf import OmegaConf
+
+    from rmlab.train import pairs_loader
+
+    write_pairs(tmp_path / "a.jsonl")  # 96 good pairs + 1 empty response + 1 invalid JSON line
+    write_pairs(tmp_path / "b.jsonl")
+    data = OmegaConf.create({"sources": [{"path": str(tmp_path / "a.jsonl"), "cap": 10},
+                                         {"path": str(tmp_path / "b.jsonl"), "filters": {"min_response_chars": 5}}],
+                             "mixture_total": None})
+    pairs, stats = pairs_loader(data)()
+    assert len(pairs) == 10 + 0  # b's rejected responses are all "no" (2 chars): filtered out
+    assert stats.rows_read == 2 * 98 and stats.rows_used == len(pairs)
+    assert stats.rows_used + sum(stats.skipped.values()) == stats.rows_read
+    assert stats.skipped["over_cap"] == 86
