@@ -49,6 +49,7 @@ def main(cfg: DictConfig) -> float | None:
 
     if HydraConfig.get().mode != RunMode.MULTIRUN:
         return train(cfg, LAUNCHED_AT).get("table3", {}).get("Avg")
+    Path(HydraConfig.get().runtime.output_dir, "failed.json").unlink(missing_ok=True)  # an earlier attempt's
     try:
         return train(cfg, time.time()).get("table3", {}).get("Avg")
     except Exception as error:  # one failing job must not stop the sweep

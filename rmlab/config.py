@@ -61,6 +61,8 @@ def _rank() -> int:
     return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
 
 
+OmegaConf.register_new_resolver(  # one directory level per sweep job, whatever the override values hold
+    "rmlab.path_safe", lambda text: str(text).replace("/", "_").replace(os.sep, "_")[:150], replace=True)
 OmegaConf.register_new_resolver("rmlab.launch_id", _launch_id, use_cache=True, replace=True)
 OmegaConf.register_new_resolver("rmlab.rank_zero_only", lambda value: value if _rank() == 0 else None, replace=True)
 OmegaConf.register_new_resolver("rmlab.rank_suffix", lambda: f"_rank{_rank()}" if _rank() else "", replace=True)

@@ -64,7 +64,7 @@ def build_reward_model(name_or_path: str, tokenizer: Optional[str] = None, archi
                        attn_implementation: Optional[str] = None, gradient_checkpointing: bool = False,
                        dropout: Optional[float] = None, dtype: str = "float32", arch_config: Optional[str] = None,
                        lora: Optional[dict] = None, defer_model: bool = False) -> RewardModelBundle:
-    """Load tokenizer and model (fresh 1-unit head) and fix the pad token and the chat template.
+    """Load tokenizer and model (a fresh 1-unit head unless the checkpoint has one); fix pad token and template.
 
     ``defer_model`` leaves ``bundle.model`` None and ``bundle.load_model`` to be called later, e.g. in
     ``LightningModule.configure_model`` under ZeRO-3, so weights load straight into partitions.

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
-
+import functools
 import random
+from typing import Any, Callable, Optional
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
 
+from rmlab.packing import PackingLayout, pack_batch, packed_rewards, packing_support
 from rmlab.scoring import forward_rewards
 
 LossFn = Callable[..., torch.Tensor]
@@ -53,11 +54,20 @@ class RewardModule(pl.LightningModule):
     num_training_steps=...)`` are Hydra ``_partial_`` objects. ``num_training_steps`` comes from the
     data (not ``trainer.estimated_stepping_batches``, which would build the train loader before a
     checkpoint restores its position).
+
+    ``packing`` (``auto`` | ``on`` | ``off``): with ``auto``, every batch whose model supports it
+    (:func:`rmlab.packing.packing_support`: decoders with sdpa/eager/flash-attention, BERT encoders)
+    is repacked on the host, before it moves to the device, into rows that hold several sequences
+    (:mod:`rmlab.packing`); rewards, loss and pairs per step are those of the padded batch.
+    ``tokens_real`` / ``tokens_processed`` count the training tokens (padding included in the latter).
+    A ``torch.optim.Adam``/``AdamW`` factory that names neither ``fused`` nor ``foreach`` gets
+    ``fused=True`` when every parameter is on the CPU or a CUDA device and the strategy is single-device
+    or DDP (torch's CPU default is a per-tensor loop, several times slower here).
     """
 
     def __init__(self, model: Any | Callable[[], Any], loss_fn: LossFn, optimizer_factory: Callable[..., torch.optim.Optimizer],
                  scheduler_factory: Optional[Callable[..., Any]] = None, warmup_ratio: float = 0.0,
-                 num_training_steps: int = 1, on_nonfinite: str = "stop") -> None:
+                 num_training_steps: int = 1, on_nonfinite: str = "stop", packing: str = "auto") -> None:
         super().__init__()
         # A callable is a deferred model, built in configure_model (ZeRO-3 loads it into partitions there).
         self.model, self.model_factory = (None, model) if callable(model) and not isinstance(model, torch.nn.Module) \
@@ -69,6 +79,13 @@ class RewardModule(pl.LightningModule):
         self.on_nonfinite = on_nonfinite
         self.skipped_steps = 0
         self._rng_states_to_restore: Optional[dict[str, Any]] = None
+        if packing not in ("auto", "on", "off"):
+            raise ValueError(f"packing={packing!r}: use auto, on or off")
+        self.packing = packing
+        self._packing_layout: Optional[PackingLayout] = None
+        self._packing_resolved = packing == "off"
+        self.tokens_real = self.tokens_processed = 0
+        self.restored_metrics: dict[str, float] = {}
 
     def configure_model(self) -> None:
         if self.model is None:
@@ -77,8 +94,40 @@ class RewardModule(pl.LightningModule):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return forward_rewards(self.model, input_ids, attention_mask)
 
+    @property
+    def packing_layout(self) -> Optional[PackingLayout]:
+        """How batches are packed for this model, or None (padded batches)."""
+        if not self._packing_resolved and self.model is not None:
+            self._packing_layout, why = packing_support(self.model)
+            self._packing_resolved = True
+            if self._packing_layout is None and self.packing == "on":
+                raise ValueError(f"packing=on, but this model cannot be packed: {why}")
+        return self._packing_layout
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Repack a padded batch (still on the host) when packing is on; count the training tokens."""
+        if not isinstance(batch, dict) or "attention_mask" not in batch:
+            return batch
+        layout = self.packing_layout
+        real, processed = int(batch["attention_mask"].sum()), batch["input_ids"].numel()
+        if layout is not None:
+            packed = pack_batch(batch["input_ids"], batch["attention_mask"], layout, self._pad_token_id())
+            processed = packed["input_ids"].numel()
+            batch = {**packed, **{k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}}
+        if self._trainer is not None and self.trainer.training:
+            self.tokens_real += real
+            self.tokens_processed += processed
+        return batch
+
+    def _pad_token_id(self) -> int:
+        pad = getattr(getattr(self.model, "config", None), "pad_token_id", None)
+        return 0 if pad is None else int(pad)
+
     def _shared_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
-        rewards = self(batch["input_ids"], batch["attention_mask"])
+        if "reward_index" in batch:
+            rewards = packed_rewards(self.model, batch, self.packing_layout)
+        else:
+            rewards = self(batch["input_ids"], batch["attention_mask"])
         pairs = rewards.shape[0] // 2
         chosen, rejected = rewards[:pairs], rewards[pairs:]
         loss = self.loss_fn(chosen, rejected, margin=batch.get("margin"))
@@ -98,7 +147,7 @@ class RewardModule(pl.LightningModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Catch a NaN/inf loss or gradient at the step it happens: stop, or skip the update and count it."""
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if not grads or bool(torch.stack([g.isfinite().all() for g in grads]).all()):
+        if not grads or all_finite(grads):
             return
         if self.on_nonfinite == "skip":
             for group in optimizer.param_groups:
@@ -114,9 +163,16 @@ class RewardModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["rng_states"] = collect_rng_states()  # dropout's randomness, so a resume continues exactly
+        checkpoint["logged_metrics"] = self.final_metrics()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._rng_states_to_restore = checkpoint.get("rng_states")
+        self.restored_metrics = checkpoint.get("logged_metrics", {})
+
+    def final_metrics(self) -> dict[str, float]:
+        """The last value of every scalar metric logged, including those restored from a checkpoint."""
+        current = {k: float(v) for k, v in self.trainer.callback_metrics.items() if v.numel() == 1}
+        return {**self.restored_metrics, **current}
 
     def on_train_start(self) -> None:
         if self._rng_states_to_restore:
@@ -128,10 +184,32 @@ class RewardModule(pl.LightningModule):
         for name, parameter in self.model.named_parameters():
             if parameter.requires_grad:
                 (no_decay if parameter.ndim < 2 else decay).append(parameter)
-        optimizer = self.optimizer_factory([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
+        groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        optimizer = self.optimizer_factory(groups, fused=True) if self._can_fuse(decay + no_decay) \
+            else self.optimizer_factory(groups)
         if self.scheduler_factory is None:
             return optimizer
         total = self.num_training_steps
         scheduler = self.scheduler_factory(optimizer=optimizer, num_warmup_steps=int(self.warmup_ratio * total),
                                            num_training_steps=total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _can_fuse(self, parameters: list[torch.nn.Parameter]) -> bool:
+        factory = self.optimizer_factory
+        if not isinstance(factory, functools.partial) or factory.func not in (torch.optim.Adam, torch.optim.AdamW):
+            return False
+        if {"fused", "foreach"} & set(factory.keywords):
+            return False
+        strategy = type(self.trainer.strategy).__name__ if self._trainer is not None else "SingleDeviceStrategy"
+        return strategy in ("SingleDeviceStrategy", "DDPStrategy") and bool(parameters) and all(
+            p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float16, torch.bfloat16)
+            for p in parameters)
+
+
+def all_finite(tensors: list[torch.Tensor]) -> bool:
+    """True when no element is NaN/inf: one norm pass (a finite norm has finite elements); only when a
+    norm is not finite (a NaN/inf, or a huge finite gradient overflowing it) are the elements checked."""
+    total = getattr(torch.nn.utils, "get_total_norm", None)
+    if total is not None and bool(torch.isfinite(total(tensors, 2.0, foreach=None))):
+        return True
+    return bool(torch.stack([t.isfinite().all() for t in tensors]).all())

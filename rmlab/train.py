@@ -64,7 +64,8 @@ def build_logger(cfg: DictConfig) -> Any:
         defaults["name"] = cfg.logger.name or f"{hydra_choice('loss') or 'run'}-seed{cfg.seed}"
         if cfg.logger.group is None and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
             defaults["group"] = Path(HydraConfig.get().sweep.dir).name
-    logger = instantiate(cfg.logger, **defaults)
+    logger = instantiate(OmegaConf.create(redact_secrets(OmegaConf.to_container(cfg.logger, resolve=True))),
+                         **defaults)
     logger.log_hyperparams(redact_secrets(OmegaConf.to_container(cfg, resolve=True)))
     return logger
 
@@ -94,9 +95,14 @@ def resume_checkpoint(resume: str, output_dir: Path) -> Optional[str]:
     """``never``: none; ``auto``: ``<run dir>/checkpoints/last.ckpt`` when it exists; else the given path."""
     if resume == "never":
         return None
-    if resume == "auto":
-        last = output_dir / "checkpoints" / "last.ckpt"
-        return str(last) if last.exists() else None  # a file, or a directory for DeepSpeed checkpoints
+    if resume == "auto":  # last.ckpt links to the newest checkpoint; if a kill left it dangling, take the newest
+        checkpoints = output_dir / "checkpoints"
+        last = checkpoints / "last.ckpt"
+        if last.exists():  # a file, or a directory for DeepSpeed checkpoints
+            return str(last)
+        saved = sorted(checkpoints.glob("*.ckpt"), key=lambda p: p.stat().st_mtime) if checkpoints.is_dir() else []
+        saved = [p for p in saved if p.exists()]
+        return str(saved[-1]) if saved else None
     if not Path(resume).exists():
         raise FileNotFoundError(f"resume={resume}: no such checkpoint. Fix: pass an existing .ckpt, or resume=auto.")
     return resume
@@ -181,7 +187,7 @@ def finish_run(cfg: DictConfig, bundle: RewardModelBundle, pair_tokenizer: PairT
         "table3": table3_row(reports),
         "eval": reports,
         "data": datamodule.stats.as_dict(),
-        "train": {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1},
+        "train": module.final_metrics(),
         "run": {"loss": hydra_choice("loss") or cfg.loss._target_.rsplit(".", 1)[-1], "seed": cfg.seed,
                 "train_pairs": len(datamodule.train_pairs), "heldout_pairs": len(datamodule.heldout_pairs),
                 "optimizer_steps": trainer.global_step, "accumulate_grad_batches": trainer.accumulate_grad_batches,

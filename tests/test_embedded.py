@@ -95,9 +95,9 @@ def test_chat_hard_has_no_length_shortcut(rows: list[dict]) -> None:
 
 def _check_steps(text: str) -> tuple[bool, int, int]:
     """Return (every step's arithmetic is right and matches its plan word, last result, final answer)."""
-    plan = {"Add": "+", "Subtract": "-", "Multiply": "×"}
-    fn = {"+": lambda x, y: x + y, "-": lambda x, y: x - y, "×": lambda x, y: x * y}
-    steps = re.findall(r"(\w+): (\d+) ([-+×]) (\d+) = (-?\d+)\.", text)
+    plan = {"Add": "+", "Subtract": "-", "Multiply": "*"}
+    fn = {"+": lambda x, y: x + y, "-": lambda x, y: x - y, "*": lambda x, y: x * y}
+    steps = re.findall(r"(\w+): (\d+) ([-+*]) (\d+) = (-?\d+)\.", text)
     assert steps, text
     ok = all(plan[w] == op and fn[op](int(x), int(y)) == int(z) for w, x, op, y, z in steps)
     return ok, int(steps[-1][-1]), int(re.findall(r"(-?\d+)\.$", text)[0])
