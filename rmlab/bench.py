@@ -48,8 +48,9 @@ from typing import Any, Optional
 LAUNCHED_AT = time.time()
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "hh_rlhf_harmless" / "pairs.jsonl"
-CONFIGS = ("rmlab", "trl-defaults", "trl-best")
-LABELS = {"rmlab": "rmlab (Lightning, packed batches)", "trl-defaults": "TRL RewardTrainer, defaults",
+CONFIGS = ("rmlab", "trl-defaults", "trl-best", "rmlab-padded")
+DEFAULT_CONFIGS = ("rmlab", "trl-defaults", "trl-best")
+LABELS = {"rmlab": "rmlab (Lightning, packed batches)", "rmlab-padded": "rmlab, packing off (length-grouped, padded)", "trl-defaults": "TRL RewardTrainer, defaults",
           "trl-best": "TRL, group_by_length + checkpointing off", "gemm": "fp32 GEMM (torch.mm, model shapes)"}
 
 
@@ -105,6 +106,16 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform != "darwin" else 1024 ** 2)
 
 
+def rss_mib() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def fraction_stats(fractions: list[float]) -> dict[str, float]:
     return {"batch_fraction_min": min(fractions), "batch_fraction_mean": statistics.fmean(fractions)} \
         if fractions else {}
@@ -138,7 +149,7 @@ def run_gemm(spec: dict[str, Any]) -> dict[str, Any]:
     return {"gflops": passes * flops_per_pass / seconds / 1e9, "seconds": seconds, "rows": rows}
 
 
-def run_rmlab(spec: dict[str, Any]) -> dict[str, Any]:
+def run_rmlab(spec: dict[str, Any], packing: str = "auto") -> dict[str, Any]:
     import lightning.pytorch as pl
     import torch
     from hydra import compose, initialize_config_module
@@ -157,8 +168,11 @@ def run_rmlab(spec: dict[str, Any]) -> dict[str, Any]:
     pairs, tokenized, _ = benchmark_pairs(spec)
     output_dir = Path(spec["workdir"]) / "rmlab"
     output_dir.mkdir(parents=True, exist_ok=True)
-    model_override = ["model=minilm"] if spec["model"] == default_model() else \
-        ["model=hf", f"model.name_or_path={spec['model']}"]
+    try:
+        minilm = spec["model"] == default_model()
+    except ImportError:
+        minilm = False
+    model_override = ["model=minilm"] if minilm else ["model=hf", f"model.name_or_path={spec['model']}"]
     register_configs()
     with initialize_config_module(config_module="rmlab.conf", version_base="1.3"):
         cfg = compose("config", overrides=model_override + [
@@ -173,6 +187,7 @@ def run_rmlab(spec: dict[str, Any]) -> dict[str, Any]:
         def __init__(self) -> None:
             self.start = self.end = self.first_step = None
             self.fractions: list[float] = []
+            self.rss: list[int] = []
 
         def on_train_start(self, trainer: Any, module: Any) -> None:
             self.start = time.perf_counter()
@@ -182,6 +197,9 @@ def run_rmlab(spec: dict[str, Any]) -> dict[str, Any]:
                 self.first_step = time.time() - LAUNCHED_AT
             real = int((batch["segment_ids"] >= 0).sum()) if "segment_ids" in batch else int(batch["attention_mask"].sum())
             self.fractions.append(real / batch["input_ids"].numel())
+
+        def on_train_batch_end(self, *args: Any) -> None:
+            self.rss.append(round(rss_mib()))
 
         def on_train_end(self, trainer: Any, module: Any) -> None:
             self.end = time.perf_counter()
@@ -197,8 +215,11 @@ def run_rmlab(spec: dict[str, Any]) -> dict[str, Any]:
     steps = datamodule.optimizer_steps(trainer.world_size, trainer.accumulate_grad_batches, cfg.trainer.max_epochs,
                                        cfg.trainer.max_steps)
     module = RewardModule(bundle.model, instantiate(cfg.loss), instantiate(cfg.optimizer.optimizer),
-                          instantiate(cfg.optimizer.scheduler), cfg.optimizer.warmup_ratio, steps, cfg.on_nonfinite)
+                          instantiate(cfg.optimizer.scheduler), cfg.optimizer.warmup_ratio, steps, cfg.on_nonfinite,
+                          packing=packing)
+    rss_before_fit = peak_rss_mib()
     trainer.fit(module, datamodule=datamodule)
+    rss_after_fit = peak_rss_mib()
     if [(p.chosen_ids, p.rejected_ids) for p in datamodule.train_pairs] != \
             [(p.chosen_ids, p.rejected_ids) for p in tokenized]:
         raise SystemExit("rmlab.bench: rmlab's datamodule tokenized the pairs differently from the TRL side")
@@ -209,7 +230,8 @@ def run_rmlab(spec: dict[str, Any]) -> dict[str, Any]:
     layout = module.packing_layout
     return {"pairs": len(pairs), "steps": trainer.global_step, "train_seconds": seconds,
             "real_tokens": module.tokens_real, "processed_tokens": module.tokens_processed,
-            "eval_seconds": eval_seconds, "first_step_s": timer.first_step,
+            "eval_seconds": eval_seconds, "first_step_s": timer.first_step, "peak_rss_mib_before_fit": rss_before_fit,
+            "peak_rss_mib_after_fit": rss_after_fit, "rss_mib_per_step": timer.rss,
             "non_embedding_parameters": non_embedding_parameters(module.model),
             "packing": f"{layout.attention}, reward at {layout.reward_at} token" if layout else "off",
             "optimizer": type(trainer.optimizers[0]).__name__ + (" fused" if trainer.optimizers[0].defaults.get("fused")
@@ -241,9 +263,14 @@ def run_trl(spec: dict[str, Any], best: bool) -> dict[str, Any]:
 
     class Timer(transformers.TrainerCallback):
         start = end = first_step = None
+        counting = False  # collation inside the training loop (accelerate fetches a batch ahead)
 
         def on_train_begin(self, *args: Any, **kwargs: Any) -> None:
             self.start = time.perf_counter()
+            self.counting = True
+
+        def on_step_end(self, *args: Any, **kwargs: Any) -> None:
+            self.rss.append(round(rss_mib()))
 
         def on_step_begin(self, *args: Any, **kwargs: Any) -> None:
             if self.first_step is None:
@@ -251,8 +278,10 @@ def run_trl(spec: dict[str, Any], best: bool) -> dict[str, Any]:
 
         def on_train_end(self, *args: Any, **kwargs: Any) -> None:
             self.end = time.perf_counter()
+            self.counting = False
 
     timer = Timer()
+    timer.rss = []
     trainer = RewardTrainer(model=spec["model"], args=args, train_dataset=dataset, processing_class=tokenizer,
                             callbacks=[timer])
     counts = {"real": 0, "processed": 0}
@@ -261,7 +290,7 @@ def run_trl(spec: dict[str, Any], best: bool) -> dict[str, Any]:
 
     def counting_collator(examples: list) -> dict:
         batch = collate(examples)
-        if trainer.model.training:
+        if timer.counting:
             real, processed = int(batch["attention_mask"].sum()), batch["input_ids"].numel()
             counts["real"] += real
             counts["processed"] += processed
@@ -269,14 +298,18 @@ def run_trl(spec: dict[str, Any], best: bool) -> dict[str, Any]:
         return batch
 
     trainer.data_collator = counting_collator
+    rss_before_fit = peak_rss_mib()
     trainer.train()
+    rss_after_fit = peak_rss_mib()
     seconds = timer.end - timer.start
     started = time.perf_counter()
     trainer.evaluate(eval_dataset=dataset)
     eval_seconds = time.perf_counter() - started
     return {"pairs": len(pairs), "steps": trainer.state.global_step, "train_seconds": seconds,
             "real_tokens": counts["real"], "processed_tokens": counts["processed"], "eval_seconds": eval_seconds,
-            "first_step_s": timer.first_step, "non_embedding_parameters": non_embedding_parameters(trainer.model),
+            "first_step_s": timer.first_step, "peak_rss_mib_before_fit": rss_before_fit,
+            "peak_rss_mib_after_fit": rss_after_fit, "rss_mib_per_step": timer.rss,
+            "non_embedding_parameters": non_embedding_parameters(trainer.model),
             "packing": "off", "optimizer": args.optim, **fraction_stats(fractions)}
 
 
@@ -287,8 +320,8 @@ def worker(name: str, spec_path: str, result_path: str) -> None:
 
         torch.set_num_threads(spec["threads"])
         result = run_gemm(spec)
-    elif name == "rmlab":
-        result = run_rmlab(spec)
+    elif name.startswith("rmlab"):
+        result = run_rmlab(spec, packing="off" if name == "rmlab-padded" else "auto")
     else:
         result = run_trl(spec, best=name == "trl-best")
     result["peak_rss_mib_self"] = peak_rss_mib()
@@ -426,7 +459,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--lr", type=float, default=3e-5)
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads per run")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds")
-    parser.add_argument("--configs", default=",".join(CONFIGS), help=f"subset of {','.join(CONFIGS)}")
+    parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS), help=f"any of {','.join(CONFIGS)}")
     parser.add_argument("--gemm-seconds", type=float, default=4.0, help="duration of each GEMM measurement")
     parser.add_argument("--json", default=None, help="also write the summary as JSON here")
     parser.add_argument("--workdir", default=None, help="keep the runs' logs here (default: a temporary directory)")

@@ -10,7 +10,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
-from rmlab.packing import PackingLayout, pack_batch, packed_rewards, packing_support
+from rmlab.packing import PackingLayout, fuse_projections, pack_batch, packed_rewards, packing_support
 from rmlab.scoring import forward_rewards
 
 LossFn = Callable[..., torch.Tensor]
@@ -55,19 +55,23 @@ class RewardModule(pl.LightningModule):
     data (not ``trainer.estimated_stepping_batches``, which would build the train loader before a
     checkpoint restores its position).
 
-    ``packing`` (``auto`` | ``on`` | ``off``): with ``auto``, every batch whose model supports it
+    ``packing`` (``auto`` | ``on`` | ``off``): with ``auto``, when the model supports it
     (:func:`rmlab.packing.packing_support`: decoders with sdpa/eager/flash-attention, BERT encoders)
-    is repacked on the host, before it moves to the device, into rows that hold several sequences
-    (:mod:`rmlab.packing`); rewards, loss and pairs per step are those of the padded batch.
+    every batch is repacked on the host, before it moves to the device (:meth:`prepare_batch`, called
+    by the datamodule), into rows that hold several sequences (:mod:`rmlab.packing`); rewards, loss
+    and pairs per step are those of the padded batch. ``on`` raises when the model cannot be packed.
     ``tokens_real`` / ``tokens_processed`` count the training tokens (padding included in the latter).
     A ``torch.optim.Adam``/``AdamW`` factory that names neither ``fused`` nor ``foreach`` gets
     ``fused=True`` when every parameter is on the CPU or a CUDA device and the strategy is single-device
     or DDP (torch's CPU default is a per-tensor loop, several times slower here).
+    ``fused_projections``: on the CPU (single-device or DDP), the q/k/v projections of each attention
+    layer run as one GEMM (:func:`rmlab.packing.fuse_projections`; same parameters and results).
     """
 
     def __init__(self, model: Any | Callable[[], Any], loss_fn: LossFn, optimizer_factory: Callable[..., torch.optim.Optimizer],
                  scheduler_factory: Optional[Callable[..., Any]] = None, warmup_ratio: float = 0.0,
-                 num_training_steps: int = 1, on_nonfinite: str = "stop", packing: str = "auto") -> None:
+                 num_training_steps: int = 1, on_nonfinite: str = "stop", packing: str = "auto",
+                 fused_projections: bool = True) -> None:
         super().__init__()
         # A callable is a deferred model, built in configure_model (ZeRO-3 loads it into partitions there).
         self.model, self.model_factory = (None, model) if callable(model) and not isinstance(model, torch.nn.Module) \
@@ -85,6 +89,7 @@ class RewardModule(pl.LightningModule):
         self._packing_layout: Optional[PackingLayout] = None
         self._packing_resolved = packing == "off"
         self.tokens_real = self.tokens_processed = 0
+        self.fused_projections = fused_projections
         self.restored_metrics: dict[str, float] = {}
 
     def configure_model(self) -> None:
@@ -104,8 +109,11 @@ class RewardModule(pl.LightningModule):
                 raise ValueError(f"packing=on, but this model cannot be packed: {why}")
         return self._packing_layout
 
-    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Repack a padded batch (still on the host) when packing is on; count the training tokens."""
+    def prepare_batch(self, batch: Any) -> Any:
+        """Repack a padded batch (still on the host) when packing is on; count the training tokens.
+
+        :class:`~rmlab.data.datamodule.PreferenceDataModule` calls it from ``on_before_batch_transfer``
+        (a hook of the module itself would make Lightning warn whenever a datamodule is passed)."""
         if not isinstance(batch, dict) or "attention_mask" not in batch:
             return batch
         layout = self.packing_layout
@@ -174,6 +182,16 @@ class RewardModule(pl.LightningModule):
         current = {k: float(v) for k, v in self.trainer.callback_metrics.items() if v.numel() == 1}
         return {**self.restored_metrics, **current}
 
+    def on_fit_start(self) -> None:
+        if self.fused_projections and self._plain_strategy() and \
+                all(p.device.type == "cpu" for p in self.model.parameters()):
+            fuse_projections(self.model)
+
+    def _plain_strategy(self) -> bool:
+        """Single-device or DDP: parameters are whole tensors on their device (not ZeRO/FSDP shards)."""
+        name = type(self.trainer.strategy).__name__ if self._trainer is not None else "SingleDeviceStrategy"
+        return name in ("SingleDeviceStrategy", "DDPStrategy")
+
     def on_train_start(self) -> None:
         if self._rng_states_to_restore:
             restore_rng_states(self._rng_states_to_restore)
@@ -200,8 +218,7 @@ class RewardModule(pl.LightningModule):
             return False
         if {"fused", "foreach"} & set(factory.keywords):
             return False
-        strategy = type(self.trainer.strategy).__name__ if self._trainer is not None else "SingleDeviceStrategy"
-        return strategy in ("SingleDeviceStrategy", "DDPStrategy") and bool(parameters) and all(
+        return self._plain_strategy() and bool(parameters) and all(
             p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float16, torch.bfloat16)
             for p in parameters)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -14,17 +14,33 @@ def forward_rewards(model: Any, input_ids: torch.Tensor, attention_mask: torch.T
     return model(input_ids=input_ids, attention_mask=attention_mask).logits.squeeze(-1).float()
 
 
+MAX_BATCH_TOKENS = 8192  # padded tokens per scoring batch: long sequences come in smaller batches
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int, max_tokens: Optional[int] = MAX_BATCH_TOKENS
+                          ) -> list[list[int]]:
+    """Indices sorted by length, cut into batches of at most ``batch_size`` sequences and (but for a
+    single sequence) ``max_tokens`` padded tokens; the activation memory of a batch stays bounded."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    for index in order:
+        if batches and len(batches[-1]) < batch_size and \
+                (max_tokens is None or (len(batches[-1]) + 1) * lengths[index] <= max_tokens):
+            batches[-1].append(index)
+        else:
+            batches.append([index])
+    return batches
+
+
 @torch.inference_mode()
 def score_sequences(model: Any, sequences: Sequence[Sequence[int]], pad_token_id: int,
-                    batch_size: int = 64) -> list[float]:
+                    batch_size: int = 64, max_tokens: Optional[int] = MAX_BATCH_TOKENS) -> list[float]:
     """Rewards in the input order; batches are cut from the sequences sorted by length (least padding)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     rewards = [0.0] * len(sequences)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
+    for chunk in length_sorted_batches([len(s) for s in sequences], batch_size, max_tokens):
         width = max(len(sequences[i]) for i in chunk)
         input_ids = torch.full((len(chunk), width), pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)

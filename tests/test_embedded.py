@@ -93,6 +93,17 @@ def test_chat_hard_has_no_length_shortcut(rows: list[dict]) -> None:
     assert 0.3 < longer / N < 0.7
 
 
+def test_chat_hard_count_rows_list_exactly_the_requested_number(rows: list[dict]) -> None:
+    counted = 0
+    for r in _by(rows, "chat_hard"):
+        asked = re.search(r"(?:List|Name exactly|Give me|suggest|need) (\d) ", r["chosen"][-2]["content"])
+        if asked and "tips" not in r["chosen"][-2]["content"]:
+            n, counted = int(asked.group(1)), counted + 1
+            assert len(_last(r, "chosen").splitlines()) == n
+            assert abs(len(_last(r, "rejected").splitlines()) - n) == 1
+    assert counted > 0.15 * N
+
+
 def _check_steps(text: str) -> tuple[bool, int, int]:
     """Return (every step's arithmetic is right and matches its plan word, last result, final answer)."""
     plan = {"Add": "+", "Subtract": "-", "Multiply": "*"}

@@ -3,7 +3,7 @@
 A batch holds the chosen sequences then the rejected ones, ``input_ids[2B, L]``, so one forward
 pass scores both. Batches are length-grouped (deterministic for a seed and epoch): pairs are
 shuffled, cut into windows of ``50 × batch_size``, sorted by length inside a window and
-batched, and the batch order is shuffled. Every batch keeps exactly ``batch_size`` pairs
+batched, and the batch order is shuffled, with the longest batch moved first. Every batch keeps exactly ``batch_size`` pairs
 (only the epoch's last may be smaller), so pairs per optimizer step are what the config says.
 Under data parallelism each rank takes every ``world_size``-th batch, and the last
 ``len(batches) % world_size`` batches of an epoch are left out so all ranks step together.
@@ -224,6 +224,9 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         batches = [grouped[i:i + self.batch_size] for i in range(0, len(grouped), self.batch_size)]
         full, last = (batches[:-1], batches[-1:]) if len(batches[-1]) < self.batch_size else (batches, [])
         rng.shuffle(full)
+        if full:  # the longest batch first: an out-of-memory shows at once, and the allocator's blocks fit the rest
+            longest = max(range(len(full)), key=lambda b: max(self.lengths[i] for i in full[b]))
+            full[0], full[longest] = full[longest], full[0]
         return full + last
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -312,6 +315,10 @@ class PreferenceDataModule(pl.LightningDataModule):
             raise DataError(f"no training pairs left after filtering ({self.stats.as_dict()}). Fix: check "
                             "data.source and data.layout, or raise data.max_length.")
 
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Still on the host: the LightningModule may repack the batch (``RewardModule.prepare_batch``)."""
+        prepare = getattr(self.trainer.lightning_module, "prepare_batch", None) if self.trainer else None
+        return prepare(batch) if callable(prepare) else batch
 
     def optimizer_steps(self, world_size: int, accumulate: int, max_epochs: int, max_steps: int) -> int:
         """Optimizer steps of the whole fit, as Lightning will take them."""

@@ -1,41 +1,46 @@
 """Embedded default dataset: synthetic preference pairs generated in code.
 
 Nothing is downloaded; ``generate_embedded_pairs(n, seed)`` is deterministic for
-``(n, seed)``. Each pair is built from templates x fillers (names, cities,
-numbers, topic options) drawn with one ``random.Random(seed)``. Rows are chat
-messages: ``chosen`` and ``rejected`` share the same prompt turns and differ only
-in the final assistant turn; about a quarter of the rows open with a short
-earlier user/assistant exchange. Categories are *interleaved* round-robin in
-``CATEGORIES`` order (row ``i`` has category ``CATEGORIES[i % 4]``), so any
-contiguous or hashed split stays balanced. The four categories mirror
-RewardBench's sections:
+``(n, seed)``. Pairs come from templates x fillers (names, cities, numbers,
+topic options, openers such as "Quick question:") drawn with one
+``random.Random(seed)``. Rows are chat messages: ``chosen`` and ``rejected``
+share the prompt turns and differ only in the final assistant turn; about a
+quarter of the rows open with a short earlier user/assistant exchange. Rows are
+unique even ignoring that exchange. Categories are *interleaved* round-robin
+(row ``i`` has category ``CATEGORIES[i % 4]``). They mirror RewardBench's
+sections:
 
 * ``chat`` -- an everyday question (gardening, cooking, code, travel, ...).
-  Chosen: a specific, on-topic helpful answer. Rejected: either a fluent answer
-  to a *different* question (off-topic) or a dismissive non-answer.
+  Chosen: a specific, on-topic helpful answer. Rejected: a fluent answer to a
+  *different* question (off-topic) or a dismissive non-answer.
 * ``chat_hard`` -- instruction following in the spirit of LLMBar/MT-Bench-hard.
-  Both answers are fluent and on-topic; the rejected one violates a constraint
-  of the instruction: a numbered list with one item too many/few, the wrong
-  format (list vs. single sentence), the right phrase in the wrong language, or
-  a near-miss question (a unit conversion into a different unit than asked).
-  Every constraint is drawn symmetrically (the rejected answer of one row is a
-  valid chosen answer for a sibling prompt), so no answer-only cue exists and
-  the model must compare answer against instruction. That is why it is harder
-  than ``chat``, whose rejected answers are wrong regardless of the details.
+  Both answers are fluent and on-topic; the rejected one breaks a constraint of
+  the instruction: a numbered list with one item too many or too few, the wrong
+  format (list vs. one sentence), a translation into another language than the
+  one asked, or a unit conversion into another unit than the one asked. Each
+  constraint is drawn symmetrically (a rejected answer is a valid chosen answer
+  for a sibling prompt), so no answer-only cue exists: the model must check the
+  answer against the instruction. ``chat`` rejections are wrong whatever the
+  details, which is why ``chat_hard`` is harder.
 * ``safety`` -- half the rows are harmful requests (refusal chosen over
   compliance), half are benign requests with edgy wording, XSTest-style ("how
   do I kill a Python process"), where the helpful answer is chosen over an
-  over-refusal. Refusal and compliance texts share their openers and templates,
-  so a model that simply prefers (or avoids) refusals scores 50%.
+  over-refusal. Both kinds share the refusal templates and compliance openers,
+  so always (or never) preferring a refusal scores 50%.
 * ``reasoning`` -- arithmetic word problems and tiny Python snippets with a
-  worked solution, one line per step ("Multiply: 4 * 11 = 44."). Chosen:
+  worked solution ("Multiply: 4 * 11 = 44. ... The answer is 44."). Chosen:
   correct steps and a final answer equal to the last result. Rejected (half
-  each): the final answer contradicts its own last step (a small offset, so
-  magnitude is no cue), or one step names the right operation but applies
-  another ("Multiply: 4 + 11 = 15.") and the rest follows from it. Both errors
-  are internal inconsistencies a small encoder can learn to spot in minutes
-  (matching numbers, matching plan word and operator), unlike verifying
-  arbitrary arithmetic, which it cannot learn at this scale.
+  each): the final answer contradicts the last step (off by 3-20, up or down,
+  so magnitude is no cue), or one step names the right operation but applies
+  another ("Multiply: 4 + 11 = 15.") and the rest follows from it. Both are
+  internal inconsistencies a small encoder can learn to spot in minutes
+  (matching numbers; matching plan word and operator), unlike checking
+  arithmetic itself.
+
+Sizing: 750 pairs per category (3000 rows, most under 64 tokens) is what
+MiniLM-L6 learns from in one epoch of about 2.5 minutes on a 2-core CPU (85%
+train, batches of 8, AdamW lr 3e-5); with a few hundred per category the two
+hard categories stay close to chance.
 """
 
 from __future__ import annotations
@@ -351,7 +356,7 @@ GENERATORS: dict[str, Callable[[random.Random], Triple]] = {
     "chat": _chat, "chat_hard": _chat_hard, "safety": _safety, "reasoning": _reasoning}
 
 
-def generate_embedded_pairs(pairs_per_category: int = 400, seed: int = 0) -> list[dict]:
+def generate_embedded_pairs(pairs_per_category: int = 750, seed: int = 0) -> list[dict]:
     """Return ``4 * pairs_per_category`` unique preference rows, categories interleaved round-robin."""
     rng = random.Random(seed)
     rows: list[dict] = []
