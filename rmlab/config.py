@@ -124,7 +124,7 @@ class DataConfig:
     on_bad_row: str = "skip"  # skip | error
     subset_key: str = "subset"  # column that names each row's subset (category)
     margin_key: Optional[str] = None  # column with a per-pair margin, if any
-    embedded_pairs_per_category: int = 250
+    embedded_pairs_per_category: int = 750
     section_mapping: Any = None  # {section: [subsets]} for the held-out score, e.g. {Chat:[a],Safety:[b]}
     sources: Any = None  # a mixture: [{path, layout, cap, weight, filters}, ...] (rmlab/data/recipe/mixture.py)
     mixture_total: Optional[int] = None  # pairs in a weighted mixture (null: the largest without repeats)
