@@ -16,8 +16,9 @@ clipping at 1.0, dropout off (TRL's default ``disable_dropout=True``; rmlab: ``m
 * ``rmlab``: the Hydra config (``model=minilm data=local logger=none callbacks=none``) composed as
   ``python -m rmlab`` composes it, then ``rmlab.train.build_trainer``, ``build_reward_model``,
   ``PreferenceDataModule`` and ``RewardModule`` and ``trainer.fit``. Differences from a user's run:
-  no held-out split (``val_fraction=0``: all pairs train, as on the TRL side), no checkpoint, no
-  logger, no progress bar, and no evaluation/export after the fit.
+  no held-out split (``val_fraction=0``: all pairs train, as on the TRL side), no checkpoint
+  (``trainer.enable_checkpointing=false``; TRL: ``save_strategy="no"``), no logger, no progress bar,
+  and no evaluation/export after the fit.
 * ``trl-defaults``: ``RewardConfig`` defaults (activation checkpointing on, random batches), but
   ``bf16=False`` (fp32, as the reference), the same lr/batch/max_length, no saving or reporting.
 * ``trl-best``: plus ``train_sampling_strategy="group_by_length"`` over ``max(len(chosen), len(rejected))``
@@ -179,6 +180,7 @@ def run_rmlab(spec: dict[str, Any], packing: str = "auto") -> dict[str, Any]:
             "data=local", f"data.source={spec['data']}", f"data.max_length={spec['max_length']}",
             f"data.batch_size={spec['batch_size']}", f"optimizer.optimizer.lr={spec['lr']}", "model.dropout=0.0",
             "logger=none", "callbacks=none", "trainer=cpu", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
+            "trainer.enable_checkpointing=false",
             "export=false", "resume=never", f"paths.output_dir={output_dir}"])
     torch.set_num_threads(spec["threads"])
     pl.seed_everything(cfg.seed, workers=True, verbose=False)

@@ -292,6 +292,7 @@ class TrainerConfig:
     deterministic: bool = False
     enable_progress_bar: bool = True
     enable_model_summary: bool = False
+    enable_checkpointing: bool = True  # false: Lightning adds no default checkpoint when callbacks has none
 
     def __post_init__(self) -> None:
         _check(self.max_epochs >= 1 or self.max_steps > 0, "trainer.max_epochs", "must be >= 1 (or set max_steps)",

@@ -14,7 +14,7 @@ def forward_rewards(model: Any, input_ids: torch.Tensor, attention_mask: torch.T
     return model(input_ids=input_ids, attention_mask=attention_mask).logits.squeeze(-1).float()
 
 
-MAX_BATCH_TOKENS = 8192  # padded tokens per scoring batch: long sequences come in smaller batches
+MAX_BATCH_TOKENS = 4096  # padded tokens per scoring batch: long sequences come in smaller batches
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int, max_tokens: Optional[int] = MAX_BATCH_TOKENS

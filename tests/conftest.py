@@ -238,3 +238,14 @@ def write_rows(tmp_path):
         raise ValueError(f"unsupported suffix {suffix!r}")
 
     return write
+
+
+def write_topic_pairs(path: Path, count: int) -> Path:
+    """``count`` easy pairs in the chat-messages layout (a topical answer beats "no"), two subsets a/b."""
+    rows = []
+    for i in range(count):
+        prompt = [{"role": "user", "content": f"question {i} about topic {i % 7}"}]
+        rows.append({"chosen": prompt + [{"role": "assistant", "content": f"a helpful answer on topic {i % 7}"}],
+                     "rejected": prompt + [{"role": "assistant", "content": "no"}], "subset": "ab"[i % 2]})
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    return path

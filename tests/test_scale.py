@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import write_topic_pairs
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
@@ -140,19 +141,10 @@ def test_plan_cli_is_offline_and_fast(tmp_path):
     assert missing.returncode != 0 and "model.arch_config" in missing.stderr
 
 
-def write_pairs(path: Path) -> None:
-    rows = []
-    for i in range(96):
-        prompt = [{"role": "user", "content": f"question {i} about topic {i % 7}"}]
-        rows.append({"chosen": prompt + [{"role": "assistant", "content": f"a helpful answer on topic {i % 7}"}],
-                     "rejected": prompt + [{"role": "assistant", "content": "no"}], "subset": "ab"[i % 2]})
-    path.write_text("\n".join(json.dumps(r) for r in rows))
-
-
 @pytest.mark.parametrize("launcher", ["lightning", "torchrun"])
 def test_two_process_ddp_fit_writes_one_run_dir(tmp_path, tiny_llama_dir, launcher):
     data = tmp_path / "pairs.jsonl"
-    write_pairs(data)
+    write_topic_pairs(data, 96)
     args = ["model=hf", f"model.name_or_path={tiny_llama_dir}", "data=local", f"data.source={data}",
             "data.max_length=64", "data.batch_size=4", "strategy=ddp", "trainer.devices=2", "logger=csv",
             "trainer.enable_progress_bar=false"]

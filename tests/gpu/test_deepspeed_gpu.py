@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import write_topic_pairs
 import torch
 
 pytestmark = [
@@ -17,19 +18,10 @@ pytestmark = [
 ]
 
 
-def write_pairs(path: Path) -> None:
-    rows = []
-    for i in range(128):
-        prompt = [{"role": "user", "content": f"question {i} about topic {i % 7}"}]
-        rows.append({"chosen": prompt + [{"role": "assistant", "content": f"a helpful answer on topic {i % 7}"}],
-                     "rejected": prompt + [{"role": "assistant", "content": "no"}], "subset": "ab"[i % 2]})
-    path.write_text("\n".join(json.dumps(r) for r in rows))
-
-
 def run(tmp: Path, model_dir: Path, run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
     data = tmp / "pairs.jsonl"
     if not data.exists():
-        write_pairs(data)
+        write_topic_pairs(data, 128)
     command = [sys.executable, "-m", "rmlab", "model=hf", f"model.name_or_path={model_dir}", "data=local",
                f"data.source={data}", "data.max_length=64", "data.batch_size=4", "trainer=gpu", "trainer.devices=1",
                "logger=csv", "trainer.max_epochs=2", "optimizer.optimizer.lr=1e-3", f"hydra.run.dir={run_dir}", *extra]
