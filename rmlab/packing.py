@@ -68,6 +68,9 @@ class PackingLayout:
 def packing_support(model: Any) -> tuple[Optional[PackingLayout], str]:
     """``(layout, "")`` when the model's rewards can be computed packed, else ``(None, why not)``."""
     inner = unwrap(model)
+    adapters = getattr(model, "peft_config", None) or {}
+    if any(str(getattr(c, "peft_type", "")).rsplit(".", 1)[-1] != "LORA" for c in adapters.values()):
+        return None, "only LoRA adapters are packed (others change the forward itself)"
     config = getattr(inner, "config", None)
     if config is None or getattr(config, "num_labels", 1) != 1:
         return None, "not a 1-label sequence-classification model"

@@ -142,6 +142,27 @@ def test_packed_gradients_equal_padded_decoder(llama_bundles):
         torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-5, rtol=1e-4, msg=name)
 
 
+def test_packed_rewards_equal_padded_with_lora(tiny_llama_dir):
+    pytest.importorskip("peft")
+    from rmlab.model import build_reward_model
+
+    lora = {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}
+    bundle = build_reward_model(str(tiny_llama_dir), lora=lora)
+    model = bundle.model.eval()
+    with torch.no_grad():  # as if trained: the adapters change the rewards
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0.0, 0.1, generator=torch.Generator().manual_seed(0))
+    layout, why = packing_support(model)
+    assert layout is not None, why
+    assert fuse_projections(model) == 0  # LoRA-wrapped projections stay as they are
+    batch = padded_batch(bundle)
+    packed = pack_batch(batch["input_ids"], batch["attention_mask"], layout, bundle.tokenizer.pad_token_id)
+    with torch.no_grad():
+        padded = forward_rewards(model, batch["input_ids"], batch["attention_mask"])
+        torch.testing.assert_close(packed_rewards(model, packed, layout), padded, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_packed_rewards_equal_padded_bert(minilm_path, attn):
     """Encoders get an explicit block-diagonal mask and read the reward at each sequence's [CLS]."""
