@@ -56,10 +56,10 @@ class RewardModule(pl.LightningModule):
     checkpoint restores its position).
 
     ``packing`` (``auto`` | ``on`` | ``off``): with ``auto``, when the model supports it
-    (:func:`rmlab.packing.packing_support`: decoders with sdpa/eager/flash-attention, BERT encoders)
-    every batch is repacked on the host, before it moves to the device (:meth:`prepare_batch`, called
-    by the datamodule), into rows that hold several sequences (:mod:`rmlab.packing`); rewards, loss
-    and pairs per step are those of the padded batch. ``on`` raises when the model cannot be packed.
+    (:func:`rmlab.packing.packing_support`: decoders with sdpa or flash-attention, BERT encoders with
+    sdpa) every batch is repacked on the host, before it moves to the device (:meth:`prepare_batch`,
+    called by the datamodule), into one padding-free row (:mod:`rmlab.packing`); rewards, loss and
+    pairs per step are those of the padded batch. ``on`` raises when the model cannot be packed.
     ``tokens_real`` / ``tokens_processed`` count the training tokens (padding included in the latter).
     A ``torch.optim.Adam``/``AdamW`` factory that names neither ``fused`` nor ``foreach`` gets
     ``fused=True`` when every parameter is on the CPU or a CUDA device and the strategy is single-device
@@ -119,17 +119,13 @@ class RewardModule(pl.LightningModule):
         layout = self.packing_layout
         real, processed = int(batch["attention_mask"].sum()), batch["input_ids"].numel()
         if layout is not None:
-            packed = pack_batch(batch["input_ids"], batch["attention_mask"], layout, self._pad_token_id())
+            packed = pack_batch(batch["input_ids"], batch["attention_mask"], layout)
             processed = packed["input_ids"].numel()
             batch = {**packed, **{k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}}
         if self._trainer is not None and self.trainer.training:
             self.tokens_real += real
             self.tokens_processed += processed
         return batch
-
-    def _pad_token_id(self) -> int:
-        pad = getattr(getattr(self.model, "config", None), "pad_token_id", None)
-        return 0 if pad is None else int(pad)
 
     def _shared_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         if "reward_index" in batch:

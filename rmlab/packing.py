@@ -1,29 +1,29 @@
 """Throughput layouts: padding-free packing of sequences, and fused sibling projections.
 
-**Packing**: several sequences share one row of the batch and attend only to themselves.
+**Packing**: all sequences of a batch share one row and attend only to themselves.
 
 A padded batch ``input_ids[S, L]`` (right padding, ``attention_mask`` marks the real tokens) is
-repacked, on the host and before it moves to the device, into ``input_ids[R, W]`` with ``R <= S``:
+repacked, on the host and before it moves to the device, into ``input_ids[1, T]``, ``T`` the
+batch's real tokens, so every linear layer runs on real tokens only (real-token fraction 1.0):
 
-* :func:`plan_rows` places the sequences into rows of ``width`` tokens, first-fit decreasing
-  (deterministic: ties keep the input order). ``width`` is the longest sequence of the batch when
-  attention is computed densely under a mask (sdpa, eager: a row costs ``W²`` there, so rows never
-  get longer than the padded batch was), and the whole batch in one row for flash-attention 2,
-  whose varlen kernel never looks across sequences.
-* ``position_ids`` restart at 0 for every sequence (and for the padding at the end of a row).
-* Decoders get ``attention_mask=None``: transformers (5.x, ``masking_utils.find_packed_sequence_indices``)
-  then builds the block-diagonal causal mask from the restarting position ids for sdpa/eager, and
-  flash-attention 2 uses them as varlen boundaries. Encoders get an explicit block-diagonal
-  ``[R, 1, W, W]`` mask (transformers passes 4D masks through as they are); the padding at the end
-  of a row attends to itself, so no softmax row is empty (an all-masked row gives NaN, and NaN
-  times a zero gradient is still NaN in the weight gradients).
+* ``position_ids`` restart at 0 for every sequence; ``cu_seqlens`` ``[S + 1]`` holds the boundaries.
+* Attention never crosses a boundary:
+
+  - ``flash_attention_2/3`` (decoders, GPU): transformers reads the boundaries from the restarting
+    position ids and calls the varlen kernel.
+  - ``sdpa``: the model's attention is switched to :func:`segment_attention` (registered with
+    transformers as ``rmlab_segments``), which runs ``scaled_dot_product_attention`` on each
+    sequence's slice (causal for decoders). Attention then costs ``Σ L_i²`` rather than
+    ``S · L_max²``, and there is no mask to build. Called without boundaries (padded batches:
+    validation, evaluation, export) it is transformers' own sdpa attention, unchanged.
 * The reward of each sequence is read where the unpacked model reads it: decoders at their last
   token (the EOS), BERT-style encoders at their first token ([CLS]) through the pooler, dropout and
   classifier. The rewards come back in the batch's row order, equal to the padded forward's
-  (``tests/test_packing.py`` checks it to 1e-5 for a Llama and for MiniLM).
+  (``tests/test_packing.py`` checks rewards and gradients for a Llama, MiniLM and LoRA).
 
-:func:`packing_support` says whether a model can be packed; anything else (other encoder heads,
-RoBERTa's offset position ids, flash-attention on an encoder, ...) falls back to the padded batch.
+:func:`packing_support` says whether a model can be packed; anything else (eager attention, which
+Gemma-2 needs for its soft-capping, other encoder heads, RoBERTa's offset position ids, ...) falls
+back to padded, length-grouped batches.
 
 **Fused projections** (:func:`fuse_projections`): the query, key and value projections of an
 attention layer read the same input, so they are computed as one GEMM of three times the width
@@ -39,12 +39,37 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from rmlab.model import ENCODER_TYPES
 
 PACKED_ENCODER_TYPES = {"bert"}  # BertPooler + Linear classifier on [CLS]; absolute position ids from 0
-MASKED_ATTENTION = {"sdpa", "eager"}
+SEGMENT_ATTENTION = "rmlab_segments"
 VARLEN_ATTENTION = {"flash_attention_2", "flash_attention_3"}
+
+
+def segment_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                      attention_mask: Optional[torch.Tensor], dropout: float = 0.0, scaling: Optional[float] = None,
+                      segment_bounds: Optional[Sequence[tuple[int, int]]] = None, **kwargs: Any):
+    """Attention within each packed sequence (``query [1, heads, T, head_dim]``, sequences at
+    ``segment_bounds``); transformers' sdpa attention when there are no bounds."""
+    if segment_bounds is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    causal = bool(getattr(module, "is_causal", False))
+    grouped = query.shape[1] != key.shape[1]  # grouped-query attention
+    lengths = [end - start for start, end in segment_bounds]
+    # split, not slices: the backward of a split is one concatenation, that of each slice a full-size zero tensor
+    outputs = [torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling,
+                                                                is_causal=causal, enable_gqa=grouped)
+               for q, k, v in zip(query.split(lengths, 2), key.split(lengths, 2), value.split(lengths, 2))]
+    return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(SEGMENT_ATTENTION, segment_attention)
+AttentionMaskInterface.register(SEGMENT_ATTENTION, sdpa_mask)  # padded batches get sdpa's masks
 
 
 def unwrap(model: Any) -> Any:
@@ -55,14 +80,10 @@ def unwrap(model: Any) -> Any:
 
 @dataclass(frozen=True)
 class PackingLayout:
-    """How a model is run packed: where its reward is read and how attention is told the boundaries."""
+    """How a model is run packed: where its reward is read and how attention keeps sequences apart."""
 
     reward_at: str  # "last" (decoders) | "first" (encoders)
-    attention: str  # the model's attention implementation
-    varlen: bool  # flash-attention: one row for the whole batch
-
-    def width(self, lengths: Sequence[int]) -> int:
-        return sum(lengths) if self.varlen else max(lengths)
+    attention: str  # SEGMENT_ATTENTION, or a flash-attention implementation (varlen from the position ids)
 
 
 def packing_support(model: Any) -> tuple[Optional[PackingLayout], str]:
@@ -80,113 +101,61 @@ def packing_support(model: Any) -> tuple[Optional[PackingLayout], str]:
         return None, "the base model takes no position_ids"
     if getattr(config, "is_encoder_decoder", False):
         return None, "encoder-decoder models are not packed"
+    packed_attention = attention if attention in VARLEN_ATTENTION else SEGMENT_ATTENTION
+    if attention not in VARLEN_ATTENTION | {"sdpa", SEGMENT_ATTENTION}:
+        return None, f"attention {attention} is kept as asked; packing needs sdpa or flash-attention"
     if config.model_type in PACKED_ENCODER_TYPES:
         if getattr(base, "pooler", None) is None or not isinstance(getattr(inner, "classifier", None), torch.nn.Linear):
             return None, "no pooler + linear classifier head"
         if getattr(config, "position_embedding_type", "absolute") != "absolute":
             return None, f"position_embedding_type={config.position_embedding_type}"
-        if attention not in MASKED_ATTENTION:
-            return None, f"encoders are packed with a block-diagonal mask, which {attention} does not take"
-        return PackingLayout("first", attention, False), ""
+        if packed_attention != SEGMENT_ATTENTION:
+            return None, f"encoders are packed through sdpa, not {attention}"
+        return PackingLayout("first", packed_attention), ""
     if config.model_type in ENCODER_TYPES:
         return None, f"{config.model_type} encoders are not packed (only {sorted(PACKED_ENCODER_TYPES)})"
     if not hasattr(getattr(inner, "score", None), "weight"):
         return None, "no decoder reward head (`score`)"
-    if attention not in MASKED_ATTENTION | VARLEN_ATTENTION:
-        return None, f"attention {attention} does not read packed position ids"
-    return PackingLayout("last", attention, attention in VARLEN_ATTENTION), ""
+    return PackingLayout("last", packed_attention), ""
 
 
-def plan_rows(lengths: Sequence[int], width: int) -> list[list[int]]:
-    """First-fit decreasing: the sequence indices of each row (no row over ``width`` tokens)."""
-    if lengths and max(lengths) > width:
-        raise ValueError(f"a sequence of {max(lengths)} tokens does not fit a row of {width}")
-    rows: list[list[int]] = []
-    free: list[int] = []
-    for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        for row, room in enumerate(free):
-            if lengths[index] <= room:
-                rows[row].append(index)
-                free[row] -= lengths[index]
-                break
-        else:
-            rows.append([index])
-            free.append(width - lengths[index])
-    return rows
-
-
-def pack_batch(input_ids: torch.Tensor, attention_mask: torch.Tensor, layout: PackingLayout,
-               pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Repack a right-padded batch (host tensors). Keys: ``input_ids``, ``position_ids`` ``[R, W]``,
-    ``segment_ids`` ``[R, W]`` (the sequence index, ``-1`` on padding), ``reward_index`` ``[S]``
-    (flat position of each sequence's reward token, in the input row order)."""
-    lengths = attention_mask.sum(1).tolist()
-    width = layout.width(lengths)
-    rows = plan_rows(lengths, width)
-    starts = [0] * len(lengths)
-    row_of = [0] * len(lengths)
-    filled = []
-    for row, members in enumerate(rows):
-        offset = 0
-        for index in members:
-            starts[index], row_of[index] = offset, row
-            offset += lengths[index]
-        filled.append(offset)
+def pack_batch(input_ids: torch.Tensor, attention_mask: torch.Tensor, layout: PackingLayout) -> dict[str, torch.Tensor]:
+    """Repack a right-padded batch (host tensors) into one row. Keys: ``input_ids``, ``position_ids``
+    ``[1, T]``, ``cu_seqlens`` ``[S + 1]`` (sequence boundaries) and ``reward_index`` ``[S]`` (position of
+    each sequence's reward token, in the input row order)."""
     real = attention_mask.bool()
-    length_t = torch.tensor(lengths, dtype=torch.long)
-    first = torch.tensor(row_of, dtype=torch.long) * width + torch.tensor(starts, dtype=torch.long)
+    lengths = attention_mask.sum(1)
+    cu_seqlens = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
     position = torch.arange(input_ids.shape[1]).expand_as(input_ids)[real]  # 0.. within each sequence
-    sequence = torch.arange(len(lengths)).repeat_interleave(length_t)
-    target = first[sequence] + position
-    packed_ids = torch.full((len(rows) * width,), pad_token_id, dtype=input_ids.dtype)
-    packed_ids[target] = input_ids[real]
-    # padding at a row's end restarts at 0 too: a segment of its own, never merged into the last sequence
-    positions = (torch.arange(width) - torch.tensor(filled).unsqueeze(1)).clamp(min=0).reshape(-1)
-    positions[target] = position
-    segments = torch.full((len(rows) * width,), -1, dtype=torch.long)
-    segments[target] = sequence
-    reward_index = first + (length_t - 1 if layout.reward_at == "last" else 0)
-    return {"input_ids": packed_ids.view(len(rows), width), "position_ids": positions.view(len(rows), width),
-            "segment_ids": segments.view(len(rows), width), "reward_index": reward_index}
-
-
-def block_diagonal_mask(segment_ids: torch.Tensor, attention: str, dtype: torch.dtype) -> torch.Tensor:
-    """``[R, 1, W, W]``: a token attends to the tokens of its own sequence (padding to its row's padding)."""
-    allowed = (segment_ids.unsqueeze(2) == segment_ids.unsqueeze(1)).unsqueeze(1)
-    if attention == "sdpa":
-        return allowed
-    return torch.zeros(allowed.shape, dtype=dtype, device=segment_ids.device).masked_fill_(
-        ~allowed, torch.finfo(dtype).min)
+    reward_index = cu_seqlens[1:] - 1 if layout.reward_at == "last" else cu_seqlens[:-1]
+    return {"input_ids": input_ids[real].unsqueeze(0), "position_ids": position.unsqueeze(0),
+            "cu_seqlens": cu_seqlens, "reward_index": reward_index}
 
 
 def packed_rewards(model: Any, batch: dict[str, torch.Tensor], layout: PackingLayout) -> torch.Tensor:
-    """One reward per sequence of a :func:`pack_batch` batch, in the order of the padded rows."""
+    """One reward per sequence of a :func:`pack_batch` batch, in the order of the padded rows.
+
+    With segment attention, the model's attention implementation becomes ``rmlab_segments`` (for good:
+    a recomputing backward under gradient checkpointing must see it too; padded forwards are unchanged)."""
     inner = unwrap(model)
     base = inner.base_model
     input_ids, position_ids = batch["input_ids"], batch["position_ids"]
+    extra: dict[str, Any] = {}
+    if layout.attention == SEGMENT_ATTENTION:
+        inner.config._attn_implementation = SEGMENT_ATTENTION
+        bounds = batch["cu_seqlens"].tolist()
+        extra["segment_bounds"] = list(zip(bounds[:-1], bounds[1:]))
     if layout.reward_at == "first":
-        dtype = next(base.parameters()).dtype
-        mask = block_diagonal_mask(batch["segment_ids"], layout.attention, dtype)
-        hidden = base(input_ids=input_ids, attention_mask=mask, position_ids=position_ids).last_hidden_state
-        chosen = hidden.reshape(-1, hidden.shape[-1])[batch["reward_index"]]
-        pooled = base.pooler(chosen.unsqueeze(1))
+        hidden = base(input_ids=input_ids, position_ids=position_ids, token_type_ids=torch.zeros_like(input_ids),
+                      **extra).last_hidden_state
+        pooled = base.pooler(hidden[0, batch["reward_index"]].unsqueeze(1))
         dropout = getattr(inner, "dropout", None)
         logits = inner.classifier(dropout(pooled) if dropout is not None else pooled)
     else:
-        hidden = base(input_ids=input_ids, attention_mask=None, position_ids=position_ids,
-                      use_cache=False).last_hidden_state
-        logits = inner.score(hidden.reshape(-1, hidden.shape[-1])[batch["reward_index"]])
+        hidden = base(input_ids=input_ids, attention_mask=None, position_ids=position_ids, use_cache=False,
+                      **extra).last_hidden_state
+        logits = inner.score(hidden[0, batch["reward_index"]])
     return logits.squeeze(-1).float()
-
-
-def real_token_fraction(lengths: Sequence[int], layout: Optional[PackingLayout]) -> tuple[int, int]:
-    """(real tokens, processed tokens) of one batch: padded to its longest, or packed per ``layout``."""
-    if not lengths:
-        return 0, 0
-    if layout is None:
-        return sum(lengths), len(lengths) * max(lengths)
-    width = layout.width(lengths)
-    return sum(lengths), len(plan_rows(lengths, width)) * width
 
 
 # --------------------------------------------------------------------------- fused sibling projections

@@ -154,7 +154,8 @@ def train(cfg: DictConfig, launched_at: Optional[float] = None) -> dict[str, Any
     if zero_stage == 3:  # transformers then loads weights straight into ZeRO-3 partitions (configure_model)
         from transformers.integrations import HfDeepSpeedConfig
 
-        hf_deepspeed = HfDeepSpeedConfig(ds_config)  # must stay alive while the model loads (a weak reference)
+        # must stay alive while the model loads (transformers keeps a weak reference)
+        hf_deepspeed = HfDeepSpeedConfig(ds_config)  # noqa: F841
     bundle = build_reward_model(**OmegaConf.to_container(cfg.model, resolve=True), defer_model=zero_stage == 3)
     pair_tokenizer = PairTokenizer(bundle.tokenizer, bundle.chat_template, cfg.data.max_length)
     datamodule = build_datamodule(cfg, pair_tokenizer)

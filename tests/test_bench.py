@@ -43,4 +43,5 @@ def test_bench_runs_all_sides_on_the_same_pairs_and_prints_the_table(tiny_llama_
     for name, values in configs.items():
         assert values["pairs_per_s"] > 0 and values["peak_rss_mib"] > 0 and values["eval_pairs_per_s"] > 0, name
         assert 0 < values["real_fraction"] <= 1 and values["gemm_share"] > 0
-    assert configs["rmlab"]["packing"].startswith("sdpa") and configs["rmlab"]["optimizer"] == "AdamW fused"
+    assert configs["rmlab"]["real_fraction"] == 1.0  # one padding-free row per batch
+    assert configs["rmlab"]["packing"].startswith("rmlab_segments") and configs["rmlab"]["optimizer"] == "AdamW fused"

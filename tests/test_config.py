@@ -57,7 +57,7 @@ def test_every_option_composes_and_validates(group, option):
 
 def test_loss_yaml_names_its_class_and_schema():
     from rmlab import losses
-    from rmlab.config import LOSS_SCHEMAS
+    from rmlab.schemas import LOSS_SCHEMAS
 
     assert sorted(LOSS_SCHEMAS) == options("loss")
     for name in options("loss"):

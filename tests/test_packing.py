@@ -26,13 +26,13 @@ from rmlab.data.formats import BadRow, DataError, PreferencePair, RowStats, load
 from rmlab.data.tokenize import PairTokenizer, TokenizedPair, reward_chat_template
 from rmlab.packing import (
     FusedSiblingLinear,
+    SEGMENT_ATTENTION,
     PackingLayout,
     fuse_projections,
     pack_batch,
     packed_rewards,
     packing_support,
-    plan_rows,
-    real_token_fraction,
+    segment_attention,
 )
 from rmlab.scoring import forward_rewards
 
@@ -68,67 +68,82 @@ def padded_batch(bundle, count: int = 12, max_length: int = 160) -> dict[str, to
     return PairCollator(bundle.tokenizer.pad_token_id)(tokenized)
 
 
-# --------------------------------------------------------------------------- planning and layout
-def test_plan_rows_first_fit_decreasing():
-    lengths = [5, 9, 3, 9, 1, 4, 7, 2]
-    rows = plan_rows(lengths, 9)
-    assert sorted(i for row in rows for i in row) == list(range(len(lengths)))  # every sequence exactly once
-    assert all(sum(lengths[i] for i in row) <= 9 for row in rows)
-    assert len(rows) == -(-sum(lengths) // 9) == 5  # optimal here
-    assert plan_rows(lengths, 9) == rows  # deterministic
-    assert plan_rows([4, 4, 4], 4) == [[0], [1], [2]]  # ties keep the input order
-    with pytest.raises(ValueError, match="does not fit"):
-        plan_rows([10], 9)
-    real, processed = real_token_fraction(lengths, None)
-    assert (real, processed) == (40, 8 * 9)
-    assert real_token_fraction(lengths, PackingLayout("last", "sdpa", False)) == (40, 5 * 9)
-    assert real_token_fraction(lengths, PackingLayout("last", "flash_attention_2", True)) == (40, 40)
-
-
+# --------------------------------------------------------------------------- layout
 @pytest.mark.parametrize("reward_at", ["last", "first"])
 def test_pack_batch_layout(reward_at):
     ids = torch.tensor([[11, 12, 13, 0], [21, 0, 0, 0], [31, 32, 0, 0], [41, 42, 43, 44]])
     mask = (ids != 0).long()
-    packed = pack_batch(ids, mask, PackingLayout(reward_at, "sdpa", False), pad_token_id=0)
-    assert packed["input_ids"].shape[1] == 4  # rows never wider than the longest sequence
-    assert packed["input_ids"].tolist() == [[41, 42, 43, 44], [11, 12, 13, 21], [31, 32, 0, 0]]
-    assert packed["position_ids"].tolist() == [[0, 1, 2, 3], [0, 1, 2, 0], [0, 1, 0, 1]]
-    assert packed["segment_ids"].tolist() == [[3, 3, 3, 3], [0, 0, 0, 1], [2, 2, -1, -1]]
-    flat = packed["input_ids"].reshape(-1)
+    packed = pack_batch(ids, mask, PackingLayout(reward_at, SEGMENT_ATTENTION))
+    assert packed["input_ids"].tolist() == [[11, 12, 13, 21, 31, 32, 41, 42, 43, 44]]  # no padding at all
+    assert packed["position_ids"].tolist() == [[0, 1, 2, 0, 0, 1, 0, 1, 2, 3]]
+    assert packed["cu_seqlens"].tolist() == [0, 3, 4, 6, 10]
     expected = [13, 21, 32, 44] if reward_at == "last" else [11, 21, 31, 41]  # in the padded row order
-    assert flat[packed["reward_index"]].tolist() == expected
-    varlen = pack_batch(ids, mask, PackingLayout("last", "flash_attention_2", True), pad_token_id=0)
-    assert varlen["input_ids"].shape == (1, 10) and (varlen["segment_ids"] >= 0).all()
+    assert packed["input_ids"][0, packed["reward_index"]].tolist() == expected
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_segment_attention_equals_attention_per_sequence(causal):
+    """Each sequence attends only to itself, computed independently in float64 with a softmax."""
+    generator = torch.Generator().manual_seed(0)
+    bounds = [(0, 3), (3, 4), (4, 9)]
+    query, key, value = (torch.randn(1, 2, 9, 4, generator=generator, dtype=torch.float64) for _ in range(3))
+    module = torch.nn.Module()
+    module.is_causal = causal
+    out, _ = segment_attention(module, query, key, value, None, scaling=0.5, segment_bounds=bounds)
+    assert out.shape == (1, 9, 2, 4)
+    for start, end in bounds:
+        q, k, v = (t[0, :, start:end] for t in (query, key, value))
+        scores = 0.5 * q @ k.transpose(-1, -2)
+        if causal:
+            scores = scores.masked_fill(torch.ones_like(scores, dtype=torch.bool).triu(1), float("-inf"))
+        expected = (scores.softmax(-1) @ v).transpose(0, 1)
+        torch.testing.assert_close(out[0, start:end], expected)
 
 
 # --------------------------------------------------------------------------- packed == padded
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_packed_rewards_equal_padded_decoder(llama_bundles, attn):
-    """transformers builds the block-diagonal causal mask from the restarting position ids; the
-    reward is read at each sequence's own last token."""
-    bundle = llama_bundles[attn]
+def test_packed_rewards_equal_padded_decoder(llama_bundles):
+    """sdpa decoders are packed into one row with segment attention; the reward is read at each
+    sequence's own last token."""
+    bundle = llama_bundles["sdpa"]
     model = bundle.model.eval()
     layout, why = packing_support(model)
-    assert layout == PackingLayout("last", attn, False), why
+    assert layout == PackingLayout("last", SEGMENT_ATTENTION), why
     batch = padded_batch(bundle)
-    packed = pack_batch(batch["input_ids"], batch["attention_mask"], layout, bundle.tokenizer.pad_token_id)
-    assert packed["input_ids"].shape[0] < batch["input_ids"].shape[0]  # several sequences share rows
+    packed = pack_batch(batch["input_ids"], batch["attention_mask"], layout)
+    assert packed["input_ids"].numel() == batch["attention_mask"].sum()
     with torch.no_grad():
         padded = forward_rewards(model, batch["input_ids"], batch["attention_mask"])
         packed_out = packed_rewards(model, packed, layout)
-        # control: the same rows with positions that do not restart attend across sequences
-        crossed = dict(packed, position_ids=torch.arange(packed["input_ids"].shape[1]).expand_as(packed["input_ids"]))
+        # control: one segment for the whole row attends across sequences
+        crossed = dict(packed, cu_seqlens=packed["cu_seqlens"][[0, -1]])
         crossed_out = packed_rewards(model, crossed, layout)
+        padded_after = forward_rewards(model, batch["input_ids"], batch["attention_mask"])
     torch.testing.assert_close(packed_out, padded, atol=1e-5, rtol=0)
     assert (crossed_out - padded).abs().max() > 1e-3
+    assert torch.equal(padded_after, padded)  # padded forwards are unchanged once the model has been packed
 
 
-def test_packed_gradients_equal_padded_decoder(llama_bundles):
-    bundle = llama_bundles["sdpa"]
+def test_eager_attention_is_not_packed(llama_bundles, minilm_path):
+    """eager stays eager (Gemma-2 needs it for soft-capping): such models train on padded batches."""
+    from rmlab.model import build_reward_model
+
+    layout, why = packing_support(llama_bundles["eager"].model)
+    assert layout is None and "eager" in why
+    layout, why = packing_support(build_reward_model(minilm_path, attn_implementation="eager").model)
+    assert layout is None and "eager" in why
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_packed_gradients_equal_padded_decoder(llama_bundles, tiny_llama_dir, checkpointing):
+    """With activation checkpointing the recomputed forward must keep the sequences apart too."""
+    from rmlab.model import build_reward_model
+
+    bundle = build_reward_model(str(tiny_llama_dir), gradient_checkpointing=True) if checkpointing \
+        else llama_bundles["sdpa"]
     model = bundle.model.train()
     layout, _ = packing_support(model)
     batch = padded_batch(bundle)
-    packed = pack_batch(batch["input_ids"], batch["attention_mask"], layout, bundle.tokenizer.pad_token_id)
+    packed = pack_batch(batch["input_ids"], batch["attention_mask"], layout)
     grads = []
     for rewards in (lambda: forward_rewards(model, batch["input_ids"], batch["attention_mask"]),
                     lambda: packed_rewards(model, packed, layout)):
@@ -157,23 +172,24 @@ def test_packed_rewards_equal_padded_with_lora(tiny_llama_dir):
     assert layout is not None, why
     assert fuse_projections(model) == 0  # LoRA-wrapped projections stay as they are
     batch = padded_batch(bundle)
-    packed = pack_batch(batch["input_ids"], batch["attention_mask"], layout, bundle.tokenizer.pad_token_id)
+    packed = pack_batch(batch["input_ids"], batch["attention_mask"], layout)
     with torch.no_grad():
         padded = forward_rewards(model, batch["input_ids"], batch["attention_mask"])
         torch.testing.assert_close(packed_rewards(model, packed, layout), padded, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_packed_rewards_equal_padded_bert(minilm_path, attn):
-    """Encoders get an explicit block-diagonal mask and read the reward at each sequence's [CLS]."""
+def test_packed_rewards_equal_padded_bert(minilm_path):
+    """Encoders read the reward at each sequence's [CLS]; the packed row is longer than BERT's
+    512 positions, which only position ids (restarting at 0) ever index."""
     from rmlab.model import build_reward_model
 
-    bundle = build_reward_model(minilm_path, attn_implementation=attn)
+    bundle = build_reward_model(minilm_path, attn_implementation="sdpa")
     model = bundle.model.eval()
     layout, why = packing_support(model)
-    assert layout == PackingLayout("first", attn, False), why
-    batch = padded_batch(bundle)
-    packed = pack_batch(batch["input_ids"], batch["attention_mask"], layout, bundle.tokenizer.pad_token_id)
+    assert layout == PackingLayout("first", SEGMENT_ATTENTION), why
+    batch = padded_batch(bundle, count=24)
+    packed = pack_batch(batch["input_ids"], batch["attention_mask"], layout)
+    assert packed["input_ids"].shape[1] > model.config.max_position_embeddings
     with torch.no_grad():
         padded = forward_rewards(model, batch["input_ids"], batch["attention_mask"])
         torch.testing.assert_close(packed_rewards(model, packed, layout), padded, atol=1e-5, rtol=0)

@@ -7,12 +7,10 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from conftest import write_topic_pairs
 from hydra import compose, initialize_config_module
-from omegaconf import OmegaConf
 
 from rmlab.config import ConfigError, register_configs, validate
 from rmlab.plan import build_plan, model_state_bytes

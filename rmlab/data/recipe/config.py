@@ -15,7 +15,7 @@ from typing import Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from rmlab.config import _check
+from rmlab.schemas import check
 
 LAYOUTS = ("auto", "messages", "prompt_response", "hh")
 FORMATS = ("jsonl", "parquet")
@@ -36,9 +36,9 @@ class InputConfig:
     max_rows: Optional[int] = None  # read only the first N rows
 
     def check(self, key: str) -> None:
-        _check(self.layout in LAYOUTS, f"{key}.layout", f"one of {', '.join(LAYOUTS)}", self.layout)
-        _check(self.max_rows is None or self.max_rows >= 1, f"{key}.max_rows", "must be >= 1 or null", self.max_rows)
-        _check(bool(str(self.path).strip()), f"{key}.path", "must name a file, a dataset directory or a hub id",
+        check(self.layout in LAYOUTS, f"{key}.layout", f"one of {', '.join(LAYOUTS)}", self.layout)
+        check(self.max_rows is None or self.max_rows >= 1, f"{key}.max_rows", "must be >= 1 or null", self.max_rows)
+        check(bool(str(self.path).strip()), f"{key}.path", "must name a file, a dataset directory or a hub id",
                self.path)
 
 
@@ -51,11 +51,11 @@ class FilterConfig:
     subsets: Optional[list[str]] = None  # keep only these categories (values of subset_key)
 
     def check(self, key: str) -> None:
-        _check(self.max_turns is None or self.max_turns >= 1, f"{key}.max_turns", "must be >= 1 or null",
+        check(self.max_turns is None or self.max_turns >= 1, f"{key}.max_turns", "must be >= 1 or null",
                self.max_turns)
-        _check(self.min_response_chars is None or self.min_response_chars >= 0, f"{key}.min_response_chars",
+        check(self.min_response_chars is None or self.min_response_chars >= 0, f"{key}.min_response_chars",
                "must be >= 0 or null", self.min_response_chars)
-        _check(self.subsets is None or len(self.subsets) > 0, f"{key}.subsets", "must list categories or be null",
+        check(self.subsets is None or len(self.subsets) > 0, f"{key}.subsets", "must list categories or be null",
                self.subsets)
 
 
@@ -69,8 +69,8 @@ class SourceConfig(InputConfig):
 
     def check(self, key: str) -> None:
         super().check(key)
-        _check(self.cap is None or self.cap >= 1, f"{key}.cap", "must be >= 1 or null", self.cap)
-        _check(self.weight is None or self.weight > 0, f"{key}.weight", "must be > 0 or null", self.weight)
+        check(self.cap is None or self.cap >= 1, f"{key}.cap", "must be >= 1 or null", self.cap)
+        check(self.weight is None or self.weight > 0, f"{key}.weight", "must be > 0 or null", self.weight)
         self.filters.check(f"{key}.filters")
 
 
@@ -80,7 +80,7 @@ class ToolConfig:
     format: str = "jsonl"  # jsonl | parquet: the output dataset's format
 
     def __post_init__(self) -> None:
-        _check(self.format in FORMATS, "tool.format", "one of jsonl, parquet", self.format)
+        check(self.format in FORMATS, "tool.format", "one of jsonl, parquet", self.format)
 
 
 @dataclass
@@ -93,11 +93,11 @@ class StatsConfig(ToolConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(len(self.sources) > 0, "tool.sources", "list at least one source, e.g. tool.sources=[{path:a.jsonl}]",
+        check(len(self.sources) > 0, "tool.sources", "list at least one source, e.g. tool.sources=[{path:a.jsonl}]",
                self.sources)
         for index, source in enumerate(self.sources):
             source.check(f"tool.sources[{index}]")
-        _check(self.total is None or self.total >= 1, "tool.total", "must be >= 1 or null", self.total)
+        check(self.total is None or self.total >= 1, "tool.total", "must be >= 1 or null", self.total)
 
 
 @dataclass
@@ -111,12 +111,12 @@ class DecontaminateConfig(ToolConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.input.check("tool.input")
-        _check(len(self.eval_sets) > 0, "tool.eval_sets", "list at least one evaluation set", self.eval_sets)
+        check(len(self.eval_sets) > 0, "tool.eval_sets", "list at least one evaluation set", self.eval_sets)
         for index, eval_set in enumerate(self.eval_sets):
             eval_set.check(f"tool.eval_sets[{index}]")
-        _check(self.n_min >= 1, "tool.n_min", "must be >= 1", self.n_min)
-        _check(self.n_max >= self.n_min, "tool.n_max", f"must be >= tool.n_min ({self.n_min})", self.n_max)
-        _check(len(self.roles) > 0 and set(self.roles) <= set(ROLES), "tool.roles",
+        check(self.n_min >= 1, "tool.n_min", "must be >= 1", self.n_min)
+        check(self.n_max >= self.n_min, "tool.n_max", f"must be >= tool.n_min ({self.n_min})", self.n_max)
+        check(len(self.roles) > 0 and set(self.roles) <= set(ROLES), "tool.roles",
                "a non-empty list of system, user, assistant", self.roles)
 
 
@@ -133,7 +133,7 @@ class SelectConfig(ToolConfig):
         self.input.check("tool.input")
         for category, fraction in {**self.fractions, "<default>": self.default_fraction}.items():
             key = "tool.default_fraction" if category == "<default>" else f"tool.fractions.{category}"
-            _check(0.0 <= fraction <= 1.0, key, "must be in [0, 1]", fraction)
+            check(0.0 <= fraction <= 1.0, key, "must be in [0, 1]", fraction)
 
 
 @dataclass
@@ -148,9 +148,9 @@ class RMFilterConfig(ToolConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.input.check("tool.input")
-        _check(self.max_length >= 8, "tool.max_length", "must be >= 8", self.max_length)
-        _check(self.batch_size >= 1, "tool.batch_size", "must be >= 1", self.batch_size)
-        _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "tool.device",
+        check(self.max_length >= 8, "tool.max_length", "must be >= 8", self.max_length)
+        check(self.batch_size >= 1, "tool.batch_size", "must be >= 1", self.batch_size)
+        check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "tool.device",
                "one of auto, cpu, cuda, cuda:N", self.device)
 
 

@@ -1,0 +1,102 @@
+"""The benchmark's summary: medians over rounds, ratios, and the printed table."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+from pathlib import Path
+from typing import Any, Optional
+
+LABELS = {"rmlab": "rmlab (Lightning, packed batches)", "rmlab-padded": "rmlab, packing off (length-grouped, padded)",
+          "trl-defaults": "TRL RewardTrainer, defaults", "trl-best": "TRL, group_by_length + checkpointing off", "gemm": "fp32 GEMM (torch.mm, model shapes)"}
+
+
+def derived(result: dict[str, Any], gemm_gflops: Optional[float]) -> dict[str, Any]:
+    seconds = result["train_seconds"]
+    out = dict(result)
+    out["pairs_per_s"] = result["pairs"] / seconds
+    out["tokens_per_s"] = result["real_tokens"] / seconds
+    out["real_fraction"] = result["real_tokens"] / max(result["processed_tokens"], 1)
+    out["gflops"] = 6 * result["non_embedding_parameters"] * result["real_tokens"] / seconds / 1e9
+    out["gemm_share"] = out["gflops"] / gemm_gflops if gemm_gflops else None
+    out["eval_pairs_per_s"] = result["pairs"] / result["eval_seconds"]
+    return out
+
+
+def median(values: list[Optional[float]]) -> Optional[float]:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def machine_line() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, "
+            f"{platform.system()} {platform.release()}")
+
+
+def summarize(rounds: list[dict[str, dict]], configs: list[str], spec: dict[str, Any],
+              load: tuple[tuple[float, ...], tuple[float, ...]]) -> tuple[str, dict[str, Any]]:
+    per_config: dict[str, list[dict]] = {name: [] for name in configs}
+    gemm_values = []
+    for round_results in rounds:
+        gemm = round_results["gemm"]["gflops"]
+        gemm_values.append(gemm)
+        for name in configs:
+            per_config[name].append(derived(round_results[name], gemm))
+    gemm_median = median(gemm_values)
+    summary: dict[str, Any] = {"gemm_gflops": gemm_median, "gemm_gflops_rounds": gemm_values, "configs": {}}
+    for name, results in per_config.items():
+        keys = ("pairs_per_s", "tokens_per_s", "real_fraction", "gflops", "gemm_share", "peak_rss_mib",
+                "eval_pairs_per_s", "first_step_s", "batch_fraction_min")
+        summary["configs"][name] = {key: median([r.get(key) for r in results]) for key in keys}
+        summary["configs"][name]["pairs_per_s_rounds"] = [r["pairs_per_s"] for r in results]
+        summary["configs"][name].update({key: results[0][key] for key in ("pairs", "steps", "packing", "optimizer",
+                                                                            "real_tokens")})
+    ratios: dict[str, Optional[float]] = {}
+    if "rmlab" in per_config:
+        for other in ("trl-defaults", "trl-best"):
+            if other in per_config:  # paired by round, then the median
+                ratios[f"rmlab / {other}"] = median([a["pairs_per_s"] / b["pairs_per_s"]
+                                                     for a, b in zip(per_config["rmlab"], per_config[other])])
+        ratios["rmlab eval / train"] = median([r["eval_pairs_per_s"] / r["pairs_per_s"] for r in per_config["rmlab"]])
+    summary["ratios"] = ratios
+    summary["load_average"] = {"start": load[0], "end": load[1]}
+    summary["machine"] = machine_line()
+    summary["spec"] = {k: v for k, v in spec.items() if k != "workdir"}
+
+    def fmt(value: Optional[float], digits: int = 2) -> str:
+        return "–" if value is None else f"{value:.{digits}f}"
+
+    lines = [f"Machine: {summary['machine']}; {spec['threads']} threads; load average "
+             f"{' '.join(f'{v:.2f}' for v in load[0])} at the start, {' '.join(f'{v:.2f}' for v in load[1])} at the end.",
+             f"Setup: {Path(spec['data']).name}, first {spec['max_pairs']} rows → {next(iter(summary['configs'].values()))['pairs']} "
+             f"pairs that fit max_length {spec['max_length']}, {spec['batch_size']} pairs per optimizer step, lr {spec['lr']}, "
+             f"fp32, 1 epoch, {len(rounds)} interleaved round(s), medians.",
+             f"fp32 GEMM peak measured in this run (torch.mm, the model's projection shapes, {spec['tokens_per_batch']} rows): "
+             f"{fmt(gemm_median, 1)} GFLOP/s (rounds: {', '.join(fmt(v, 1) for v in gemm_values)}).", "",
+             "| config | pairs/s | real tokens/s | real-token fraction | achieved GFLOP/s | share of GEMM peak "
+             "| peak RSS (MiB) | eval pairs/s | first step after (s) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name in configs:
+        c = summary["configs"][name]
+        lines.append(f"| {LABELS[name]} | {fmt(c['pairs_per_s'])} | {fmt(c['tokens_per_s'], 0)} | "
+                     f"{fmt(c['real_fraction'], 3)} | {fmt(c['gflops'], 1)} | {fmt(c['gemm_share'], 2)} | "
+                     f"{fmt(c['peak_rss_mib'], 0)} | {fmt(c['eval_pairs_per_s'])} | {fmt(c['first_step_s'], 1)} |")
+    lines.append("")
+    lines += [f"{key}: {fmt(value)}×" for key, value in ratios.items()]
+    for name in configs:
+        c = summary["configs"][name]
+        lines.append(f"{name}: pairs/s per round {', '.join(fmt(v) for v in c['pairs_per_s_rounds'])}; "
+                     f"{c['steps']} steps; optimizer {c['optimizer']}; packing {c['packing']}; "
+                     f"lowest batch real-token fraction {fmt(c['batch_fraction_min'], 3)}")
+    return "\n".join(lines), summary

@@ -1,0 +1,381 @@
+"""Typed config schemas: one dataclass per config group, registered by :func:`rmlab.config.register_configs`.
+
+Every group's YAML in ``conf/<group>/`` names its schema in its defaults list
+(``- /schema/<group>/<name>@_here_``), so a misspelt key or a wrong type fails
+at composition, naming the key. Range checks live in ``__post_init__`` and run
+in :func:`rmlab.config.validate`, before anything heavy (torch, Lightning, a model) loads.
+This module imports only the standard library and OmegaConf.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+
+class ConfigError(ValueError):
+    """A config value is out of range; the message names the key and the fix."""
+
+
+def check(condition: bool, key: str, rule: str, value: Any) -> None:
+    if not condition:
+        raise ConfigError(f"{key}={value!r} is invalid: {rule}. Fix it on the command line, e.g. {key}=<value>.")
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False  # train low-rank adapters (peft); the reward head stays fully trainable
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: Any = "all-linear"  # or a list of module names
+
+    def __post_init__(self) -> None:
+        check(self.r >= 1, "model.lora.r", "must be >= 1", self.r)
+        check(0.0 <= self.dropout < 1.0, "model.lora.dropout", "must be in [0, 1)", self.dropout)
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = MISSING  # hub id or local directory of an AutoModelForSequenceClassification checkpoint
+    tokenizer: Optional[str] = None  # defaults to name_or_path
+    architecture: str = "auto"  # auto | encoder | decoder: where the reward is read
+    chat_template: Optional[str] = None  # overrides the tokenizer's template (Jinja string)
+    trust_remote_code: bool = False
+    attn_implementation: Optional[str] = None  # eager | sdpa | flash_attention_2 | "flash_attention_2|eager" (if installed)
+    gradient_checkpointing: bool = False
+    dropout: Optional[float] = None  # None keeps the checkpoint's dropout
+    dtype: str = "float32"  # weights as loaded: float32 | bfloat16 | float16
+    arch_config: Optional[str] = None  # a config.json for plan mode when the checkpoint is not reachable
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+    def __post_init__(self) -> None:
+        check(self.architecture in ("auto", "encoder", "decoder"), "model.architecture",
+               "one of auto, encoder, decoder", self.architecture)
+        check(self.dtype in ("float32", "bfloat16", "float16"), "model.dtype", "one of float32, bfloat16, float16",
+               self.dtype)
+        if self.dropout is not None:
+            check(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)", self.dropout)
+
+
+# --------------------------------------------------------------------------- data
+@dataclass
+class DataConfig:
+    source: str = MISSING  # "embedded", a .jsonl/.json/.parquet path, a local dataset dir, or a hub id
+    layout: str = "auto"  # auto | messages | prompt_response | hh
+    split: str = "train"  # split name for hub datasets
+    subset_name: Optional[str] = None  # hub dataset config name
+    max_rows: Optional[int] = None  # read only the first N rows
+    val_fraction: float = 0.15
+    max_length: int = 256
+    batch_size: int = 8  # pairs per micro-batch (per device)
+    global_batch_size: Optional[int] = None  # pairs per optimizer step; sets the gradient accumulation
+    eval_batch_size: int = 32  # pairs per batch when scoring without gradients
+    num_workers: int = 0
+    on_bad_row: str = "skip"  # skip | error
+    subset_key: str = "subset"  # column that names each row's subset (category)
+    margin_key: Optional[str] = None  # column with a per-pair margin, if any
+    embedded_pairs_per_category: int = 750
+    section_mapping: Any = None  # {section: [subsets]} for the held-out score, e.g. {Chat:[a],Safety:[b]}
+    sources: Any = None  # a mixture: [{path, layout, cap, weight, filters}, ...] (rmlab/data/recipe/mixture.py)
+    mixture_total: Optional[int] = None  # pairs in a weighted mixture (null: the largest without repeats)
+
+    def __post_init__(self) -> None:
+        check(self.layout in ("auto", "messages", "prompt_response", "hh"), "data.layout",
+               "one of auto, messages, prompt_response, hh", self.layout)
+        check(0.0 < self.val_fraction < 1.0, "data.val_fraction", "must be in (0, 1)", self.val_fraction)
+        check(self.max_length >= 8, "data.max_length", "must be >= 8", self.max_length)
+        check(self.batch_size >= 1, "data.batch_size", "must be >= 1", self.batch_size)
+        check(self.global_batch_size is None or self.global_batch_size >= self.batch_size, "data.global_batch_size",
+               "must be >= data.batch_size (or null)", self.global_batch_size)
+        check(self.eval_batch_size >= 1, "data.eval_batch_size", "must be >= 1", self.eval_batch_size)
+        check(self.on_bad_row in ("skip", "error"), "data.on_bad_row", "one of skip, error", self.on_bad_row)
+        check(self.max_rows is None or self.max_rows >= 1, "data.max_rows", "must be >= 1 or null", self.max_rows)
+        check(self.section_mapping is None or (isinstance(self.section_mapping, dict) and all(
+            isinstance(v, list) and all(isinstance(x, str) for x in v) for v in self.section_mapping.values())),
+            "data.section_mapping", "must map section names to lists of subset names", self.section_mapping)
+        check(self.embedded_pairs_per_category >= 4, "data.embedded_pairs_per_category", "must be >= 4",
+               self.embedded_pairs_per_category)
+
+
+# --------------------------------------------------------------------------- losses
+@dataclass
+class LossConfig:
+    _target_: str = MISSING
+    center_rewards_coefficient: float = 0.0
+
+    def __post_init__(self) -> None:
+        check(self.center_rewards_coefficient >= 0, "loss.center_rewards_coefficient", "must be >= 0",
+               self.center_rewards_coefficient)
+
+
+@dataclass
+class BradleyTerryLossConfig(LossConfig):
+    _target_: str = "rmlab.losses.BradleyTerryLoss"
+
+
+@dataclass
+class BTTemperatureLossConfig(LossConfig):
+    _target_: str = "rmlab.losses.BTTemperatureLoss"
+    temperature: float = 2.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.temperature > 0, "loss.temperature", "must be > 0", self.temperature)
+
+
+@dataclass
+class FocalLossConfig(LossConfig):
+    _target_: str = "rmlab.losses.FocalLoss"
+    gamma: float = 2.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.gamma >= 0, "loss.gamma", "must be >= 0", self.gamma)
+
+
+@dataclass
+class FocalPenaltyLossConfig(FocalLossConfig):
+    _target_: str = "rmlab.losses.FocalPenaltyLoss"
+    penalty_coefficient: float = 0.02
+    bound: float = 5.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.penalty_coefficient >= 0, "loss.penalty_coefficient", "must be >= 0", self.penalty_coefficient)
+        check(self.bound > 0, "loss.bound", "must be > 0", self.bound)
+
+
+@dataclass
+class HingeLossConfig(LossConfig):
+    _target_: str = "rmlab.losses.HingeLoss"
+    target_margin: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.target_margin >= 0, "loss.target_margin", "must be >= 0", self.target_margin)
+
+
+@dataclass
+class MarginMSELossConfig(HingeLossConfig):
+    _target_: str = "rmlab.losses.MarginMSELoss"
+
+
+@dataclass
+class CrossEntropyLossConfig(LossConfig):
+    _target_: str = "rmlab.losses.CrossEntropyLoss"
+
+
+@dataclass
+class TemperedLogLossConfig(LossConfig):
+    _target_: str = "rmlab.losses.TemperedLogLoss"
+    t: float = 0.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.t > 0, "loss.t", "must be > 0", self.t)
+
+
+LOSS_SCHEMAS: dict[str, type[LossConfig]] = {
+    "bt": BradleyTerryLossConfig,
+    "bt_temperature": BTTemperatureLossConfig,
+    "focal": FocalLossConfig,
+    "focal_penalty": FocalPenaltyLossConfig,
+    "hinge": HingeLossConfig,
+    "margin_mse": MarginMSELossConfig,
+    "cross_entropy": CrossEntropyLossConfig,
+    "tempered_log": TemperedLogLossConfig,
+}
+
+
+# --------------------------------------------------------------------------- optimizer
+@dataclass
+class PartialTarget:
+    _target_: str = MISSING
+    _partial_: bool = True
+
+
+@dataclass
+class AdamWConfig(PartialTarget):
+    _target_: str = "torch.optim.AdamW"
+    lr: float = 3e-5
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        check(self.lr > 0, "optimizer.optimizer.lr", "must be > 0", self.lr)
+        check(self.weight_decay >= 0, "optimizer.optimizer.weight_decay", "must be >= 0", self.weight_decay)
+
+
+@dataclass
+class SchedulerConfig(PartialTarget):
+    _target_: str = "transformers.get_scheduler"
+    name: str = "linear"  # any transformers SchedulerType: linear | cosine | constant_with_warmup | ...
+
+
+@dataclass
+class OptimizerGroupConfig:
+    optimizer: AdamWConfig = field(default_factory=AdamWConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    warmup_ratio: float = 0.0  # fraction of optimizer steps spent warming up
+
+    def __post_init__(self) -> None:
+        check(0.0 <= self.warmup_ratio < 1.0, "optimizer.warmup_ratio", "must be in [0, 1)", self.warmup_ratio)
+
+
+# --------------------------------------------------------------------------- trainer / strategy
+@dataclass
+class TrainerConfig:
+    _target_: str = "lightning.pytorch.Trainer"
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    precision: str = "32-true"
+    max_epochs: int = 1
+    max_steps: int = -1
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: Optional[float] = 1.0
+    log_every_n_steps: int = 10
+    val_check_interval: Optional[float] = None
+    limit_val_batches: Optional[float] = None
+    num_sanity_val_steps: int = 0
+    deterministic: bool = False
+    enable_progress_bar: bool = True
+    enable_model_summary: bool = False
+    enable_checkpointing: bool = True  # false: Lightning adds no default checkpoint when callbacks has none
+
+    def __post_init__(self) -> None:
+        check(self.max_epochs >= 1 or self.max_steps > 0, "trainer.max_epochs", "must be >= 1 (or set max_steps)",
+               self.max_epochs)
+        check(self.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches", "must be >= 1",
+               self.accumulate_grad_batches)
+        check(self.num_nodes >= 1, "trainer.num_nodes", "must be >= 1", self.num_nodes)
+
+
+@dataclass
+class StrategyConfig:
+    name: str = "auto"  # auto | ddp | deepspeed | fsdp
+    process_group_backend: Optional[str] = None  # ddp: nccl on GPU, gloo on CPU when null
+    find_unused_parameters: bool = False
+    # DeepSpeed ZeRO (rmlab/strategy.py builds DeepSpeed's config dict from these)
+    stage: int = 2
+    offload_optimizer: bool = False
+    offload_parameters: bool = False
+    overlap_comm: bool = True
+    contiguous_gradients: bool = True
+    allgather_bucket_size: int = 200_000_000
+    reduce_bucket_size: int = 200_000_000
+    stage3_prefetch_bucket_size: int = 50_000_000
+    stage3_param_persistence_threshold: int = 100_000
+    stage3_max_live_parameters: int = 1_000_000_000
+    fsdp_sharding: str = "FULL_SHARD"
+
+    def __post_init__(self) -> None:
+        check(self.name in ("auto", "ddp", "deepspeed", "fsdp"), "strategy.name", "one of auto, ddp, deepspeed, fsdp",
+               self.name)
+        check(self.stage in (2, 3), "strategy.stage", "2 or 3 (ZeRO stage)", self.stage)
+        check(not self.offload_parameters or self.stage == 3, "strategy.offload_parameters",
+               "needs strategy.stage=3 (ZeRO-2 offloads only the optimizer)", self.offload_parameters)
+        for key in ("allgather_bucket_size", "reduce_bucket_size", "stage3_prefetch_bucket_size"):
+            check(getattr(self, key) > 0, f"strategy.{key}", "must be > 0", getattr(self, key))
+
+
+# --------------------------------------------------------------------------- loggers
+@dataclass
+class WandbLoggerConfig:
+    _target_: str = "rmlab.loggers.wandb_logger"
+    project: str = "rmlab"
+    entity: Optional[str] = None
+    name: Optional[str] = None
+    group: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+    save_dir: str = "${paths.output_dir}"
+    mode: Optional[str] = None  # online | offline | disabled; null: offline when no API key is configured
+
+    def __post_init__(self) -> None:
+        check(self.mode in (None, "online", "offline", "disabled"), "logger.mode",
+               "one of online, offline, disabled or null", self.mode)
+
+
+@dataclass
+class CSVLoggerConfig:
+    _target_: str = "lightning.pytorch.loggers.CSVLogger"
+    save_dir: str = "${paths.output_dir}"
+    name: str = "csv"
+
+
+@dataclass
+class TensorBoardLoggerConfig:
+    _target_: str = "lightning.pytorch.loggers.TensorBoardLogger"
+    save_dir: str = "${paths.output_dir}"
+    name: str = "tensorboard"
+
+
+# --------------------------------------------------------------------------- eval / paths
+@dataclass
+class EvalSetConfig:
+    name: str = MISSING
+    source: str = MISSING  # as data.source
+    layout: str = "auto"
+    split: str = "train"
+    subset_name: Optional[str] = None
+    subset_key: str = "subset"
+    max_rows: Optional[int] = None
+    sections: Optional[str] = None  # "rewardbench": score Chat / Chat Hard / Safety / Reasoning
+
+
+@dataclass
+class EvalConfig:
+    heldout: bool = True  # score the held-out part of the training data
+    sets: list[EvalSetConfig] = field(default_factory=list)
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        check(self.batch_size >= 1, "eval.batch_size", "must be >= 1", self.batch_size)
+
+
+@dataclass
+class PathsConfig:
+    output_dir: str = "${hydra:runtime.output_dir}"
+    shared_data_dir: str = "../shared/data"
+
+
+# --------------------------------------------------------------------------- top level
+@dataclass
+class RMLabConfig:
+    model: ModelConfig = MISSING
+    data: DataConfig = MISSING
+    loss: Any = MISSING
+    optimizer: OptimizerGroupConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    strategy: StrategyConfig = MISSING
+    logger: Any = None
+    callbacks: dict[str, Any] = field(default_factory=dict)
+    eval: EvalConfig = MISSING
+    paths: PathsConfig = MISSING
+    seed: int = 42
+    export: bool = True
+    ckpt_every_n_steps: Optional[int] = None  # checkpoint cadence; null saves at the end of each epoch
+    on_nonfinite: str = "stop"  # stop | skip: what a NaN/inf loss or gradient does
+    resume: str = "auto"  # auto | never | <path to a .ckpt>
+    plan: bool = False  # print the plan (parameters, batch arithmetic, DeepSpeed config, memory) and exit
+
+    def __post_init__(self) -> None:
+        from rmlab.strategy import gradient_accumulation
+
+        devices = self.trainer.devices if isinstance(self.trainer.devices, int) else None
+        if devices is not None:  # "auto" devices are checked once the trainer knows its world size
+            try:
+                gradient_accumulation(self.data.global_batch_size, self.data.batch_size, devices,
+                                      self.trainer.num_nodes, self.trainer.accumulate_grad_batches)
+            except ValueError as err:
+                raise ConfigError(str(err)) from err
+        if self.strategy.name in ("deepspeed", "fsdp") and self.trainer.accelerator == "cpu" and not self.plan:
+            raise ConfigError(f"strategy={self.strategy.name} needs CUDA GPUs, and trainer.accelerator=cpu. Fix: use "
+                              "strategy=auto or strategy=ddp on CPU, or trainer=gpu on a GPU node.")
+        check(self.on_nonfinite in ("stop", "skip"), "on_nonfinite", "one of stop, skip", self.on_nonfinite)
+        check(self.ckpt_every_n_steps is None or self.ckpt_every_n_steps >= 1, "ckpt_every_n_steps",
+               "must be >= 1 or null", self.ckpt_every_n_steps)
