@@ -109,6 +109,8 @@ def packing_support(model: Any) -> tuple[Optional[PackingLayout], str]:
             return None, "no pooler + linear classifier head"
         if getattr(config, "position_embedding_type", "absolute") != "absolute":
             return None, f"position_embedding_type={config.position_embedding_type}"
+        if config.is_decoder or config.add_cross_attention:
+            return None, "BERT as a decoder or with cross-attention is not packed"
         if packed_attention != SEGMENT_ATTENTION:
             return None, f"encoders are packed through sdpa, not {attention}"
         return PackingLayout("first", packed_attention), ""
@@ -132,6 +134,26 @@ def pack_batch(input_ids: torch.Tensor, attention_mask: torch.Tensor, layout: Pa
             "cu_seqlens": cu_seqlens, "reward_index": reward_index}
 
 
+def last_encoder_layer_at(layer: Any, hidden: torch.Tensor, reward_index: torch.Tensor,
+                          lengths: list[int]) -> torch.Tensor:
+    """A BERT layer's output ``[S, d]`` at the reward positions only (each sequence's [CLS]).
+
+    Keys and values come from every token of the sequence; queries, the attention output and the
+    feed-forward only from [CLS]. The reward reads nothing else of the last layer, so this equals the
+    full layer there (and so do the gradients), at a fraction of its cost."""
+    attention = layer.attention.self
+    tokens = hidden[0]
+    heads = (-1, attention.num_attention_heads, attention.attention_head_size)
+    queries = attention.query(tokens[reward_index]).view(heads).transpose(0, 1)  # [heads, S, head_dim]
+    keys = attention.key(tokens).view(heads).transpose(0, 1)  # [heads, T, head_dim]
+    values = attention.value(tokens).view(heads).transpose(0, 1)
+    dropout = attention.dropout.p if attention.training else 0.0
+    context = [torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=attention.scaling)
+               for q, k, v in zip(queries.split(1, 1), keys.split(lengths, 1), values.split(lengths, 1))]
+    context = torch.cat(context, 1).transpose(0, 1).reshape(len(lengths), -1)
+    return layer.feed_forward_chunk(layer.attention.output(context, tokens[reward_index]))
+
+
 def packed_rewards(model: Any, batch: dict[str, torch.Tensor], layout: PackingLayout) -> torch.Tensor:
     """One reward per sequence of a :func:`pack_batch` batch, in the order of the padded rows.
 
@@ -146,9 +168,13 @@ def packed_rewards(model: Any, batch: dict[str, torch.Tensor], layout: PackingLa
         bounds = batch["cu_seqlens"].tolist()
         extra["segment_bounds"] = list(zip(bounds[:-1], bounds[1:]))
     if layout.reward_at == "first":
-        hidden = base(input_ids=input_ids, position_ids=position_ids, token_type_ids=torch.zeros_like(input_ids),
-                      **extra).last_hidden_state
-        pooled = base.pooler(hidden[0, batch["reward_index"]].unsqueeze(1))
+        *layers, last = base.encoder.layer
+        hidden = base.embeddings(input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids),
+                                 position_ids=position_ids)
+        for layer in layers:
+            hidden = layer(hidden, None, **extra)
+        lengths = [end - start for start, end in extra["segment_bounds"]]
+        pooled = base.pooler(last_encoder_layer_at(last, hidden, batch["reward_index"], lengths).unsqueeze(1))
         dropout = getattr(inner, "dropout", None)
         logits = inner.classifier(dropout(pooled) if dropout is not None else pooled)
     else:

@@ -7,6 +7,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from rmlab.data.tokenize import TokenizedPair
+from rmlab.packing import pack_batch, packed_rewards, packing_support
 
 
 def forward_rewards(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -35,8 +36,10 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int, max_tokens: O
 @torch.inference_mode()
 def score_sequences(model: Any, sequences: Sequence[Sequence[int]], pad_token_id: int,
                     batch_size: int = 64, max_tokens: Optional[int] = MAX_BATCH_TOKENS) -> list[float]:
-    """Rewards in the input order; batches are cut from the sequences sorted by length (least padding)."""
+    """Rewards in the input order; batches are cut from the sequences sorted by length (least padding),
+    and packed into one padding-free row when the model supports it (:func:`rmlab.packing.packing_support`)."""
     device = next(model.parameters()).device
+    layout, _ = packing_support(model)
     was_training = model.training
     model.eval()
     rewards = [0.0] * len(sequences)
@@ -48,7 +51,11 @@ def score_sequences(model: Any, sequences: Sequence[Sequence[int]], pad_token_id
             ids = sequences[index]
             input_ids[row, :len(ids)] = torch.as_tensor(ids)
             attention_mask[row, :len(ids)] = 1
-        batch_rewards = forward_rewards(model, input_ids.to(device), attention_mask.to(device)).tolist()
+        if layout is None:
+            batch_rewards = forward_rewards(model, input_ids.to(device), attention_mask.to(device)).tolist()
+        else:  # one padding-free row, as in training (rmlab.packing)
+            packed = {k: v.to(device) for k, v in pack_batch(input_ids, attention_mask, layout).items()}
+            batch_rewards = packed_rewards(model, packed, layout).tolist()
         for index, reward in zip(chunk, batch_rewards):
             rewards[index] = reward
     model.train(was_training)

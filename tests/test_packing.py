@@ -195,6 +195,45 @@ def test_packed_rewards_equal_padded_bert(minilm_path):
         torch.testing.assert_close(packed_rewards(model, packed, layout), padded, atol=1e-5, rtol=0)
 
 
+def test_packed_gradients_equal_padded_bert(minilm_path):
+    """The last layer runs only at each [CLS]; rewards and every gradient still equal the padded model's."""
+    from rmlab.model import build_reward_model
+
+    bundle = build_reward_model(minilm_path, attn_implementation="sdpa", dropout=0.0)
+    model = bundle.model.train()
+    layout, _ = packing_support(model)
+    batch = padded_batch(bundle)
+    packed = pack_batch(batch["input_ids"], batch["attention_mask"], layout)
+    grads, values = [], []
+    for rewards in (lambda: forward_rewards(model, batch["input_ids"], batch["attention_mask"]),
+                    lambda: packed_rewards(model, packed, layout)):
+        model.zero_grad(set_to_none=True)
+        values.append(rewards())
+        half = values[-1].shape[0] // 2
+        torch.nn.functional.logsigmoid(values[-1][:half] - values[-1][half:]).mean().neg().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    torch.testing.assert_close(values[1], values[0], atol=1e-5, rtol=0)
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_scoring_packs_and_matches_single_sequences(minilm_path):
+    from rmlab.model import build_reward_model
+    from rmlab.scoring import score_sequences
+
+    bundle = build_reward_model(minilm_path, attn_implementation="sdpa")
+    model = bundle.model.eval()
+    pair_tokenizer = PairTokenizer(bundle.tokenizer, bundle.chat_template, 160)
+    tokenized = [pair_tokenizer(pair) for pair in make_pairs(6)]
+    sequences = [t.chosen_ids for t in tokenized] + [t.rejected_ids for t in tokenized]
+    scored = score_sequences(model, sequences, bundle.tokenizer.pad_token_id, batch_size=4)
+    with torch.no_grad():
+        single = [forward_rewards(model, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long)).item()
+                  for ids in sequences]
+    torch.testing.assert_close(torch.tensor(scored), torch.tensor(single), atol=1e-5, rtol=0)
+
+
 def test_models_that_cannot_be_packed_fall_back(tiny_llama_dir):
     from transformers import BertConfig, BertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification
 

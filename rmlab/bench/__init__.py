@@ -27,7 +27,8 @@ clipping at 1.0, dropout off (TRL's default ``disable_dropout=True``; rmlab: ``m
 Measured per run: the training loop's wall time (first step to last, Lightning ``on_train_start`` →
 ``on_train_end``, Trainer ``on_train_begin`` → ``on_train_end``), pairs/s and real tokens/s, the
 real-token fraction of the processed batches (real tokens / tokens fed to the model, padding
-included), achieved model FLOP/s (``6 · N_non-embedding · real tokens / s``), peak RSS of the process
+included), achieved FLOP/s (``6 · N_non-embedding · real tokens / s``, less the last-layer work that packed
+encoders skip: the FLOPs actually run), peak RSS of the process
 (``wait4``), seconds from launch to the first step, and evaluation pairs/s afterwards (rmlab:
 ``rmlab.scoring.score_pairs``, as its evaluation runs; TRL: ``trainer.evaluate``).
 """

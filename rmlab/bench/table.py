@@ -18,7 +18,9 @@ def derived(result: dict[str, Any], gemm_gflops: Optional[float]) -> dict[str, A
     out["pairs_per_s"] = result["pairs"] / seconds
     out["tokens_per_s"] = result["real_tokens"] / seconds
     out["real_fraction"] = result["real_tokens"] / max(result["processed_tokens"], 1)
-    out["gflops"] = 6 * result["non_embedding_parameters"] * result["real_tokens"] / seconds / 1e9
+    parameter_tokens = (result["non_embedding_parameters"] * result["real_tokens"]
+                        - result.get("skipped_parameter_tokens", 0))
+    out["gflops"] = 6 * parameter_tokens / seconds / 1e9  # the FLOPs actually run
     out["gemm_share"] = out["gflops"] / gemm_gflops if gemm_gflops else None
     out["eval_pairs_per_s"] = result["pairs"] / result["eval_seconds"]
     return out

@@ -51,6 +51,16 @@ def non_embedding_parameters(model: Any) -> int:
     return sum(p.numel() for p in model.parameters() if id(p) not in embeddings)
 
 
+def skipped_parameter_tokens(model: Any, real_tokens: int, sequences: int) -> int:
+    """Parameter × token products that packed encoders never run: their last layer's query, attention
+    output and feed-forward at every token but the [CLS] (:func:`rmlab.packing.last_encoder_layer_at`)."""
+    from rmlab.packing import unwrap
+
+    last = unwrap(model).base_model.encoder.layer[-1]
+    skipped = (last.attention.self.query, last.attention.output.dense, last.intermediate.dense, last.output.dense)
+    return sum(p.numel() for module in skipped for p in module.parameters()) * (real_tokens - sequences)
+
+
 def _status_mib(field: str) -> Optional[float]:
     """A memory field of ``/proc/self/status`` (``VmHWM``: peak RSS, ``VmRSS``: current) in MiB."""
     try:
@@ -193,6 +203,8 @@ def run_rmlab(spec: dict[str, Any], packing: str = "auto") -> dict[str, Any]:
             "eval_seconds": eval_seconds, "first_step_s": timer.first_step, "peak_rss_mib_before_fit": rss_before_fit,
             "peak_rss_mib_after_fit": rss_after_fit, "rss_mib_per_step": timer.rss,
             "non_embedding_parameters": non_embedding_parameters(module.model),
+            "skipped_parameter_tokens": skipped_parameter_tokens(module.model, module.tokens_real, 2 * len(pairs))
+            if layout is not None and layout.reward_at == "first" else 0,
             "packing": f"{layout.attention}, reward at {layout.reward_at} token" if layout else "off",
             "optimizer": type(trainer.optimizers[0]).__name__ + (" fused" if trainer.optimizers[0].defaults.get("fused")
                                                                   else ""),
