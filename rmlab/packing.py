@@ -18,7 +18,9 @@ batch's real tokens, so every linear layer runs on real tokens only (real-token 
     validation, evaluation, export) it is transformers' own sdpa attention, unchanged.
 * The reward of each sequence is read where the unpacked model reads it: decoders at their last
   token (the EOS), BERT-style encoders at their first token ([CLS]) through the pooler, dropout and
-  classifier. The rewards come back in the batch's row order, equal to the padded forward's
+  classifier. A packed BERT runs its last layer only at each [CLS] (:func:`last_encoder_layer_at`:
+  keys and values from every token, the rest at [CLS]), since the reward reads nothing else there.
+  The rewards come back in the batch's row order, equal to the padded forward's
   (``tests/test_packing.py`` checks rewards and gradients for a Llama, MiniLM and LoRA).
 
 :func:`packing_support` says whether a model can be packed; anything else (eager attention, which
