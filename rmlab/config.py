@@ -16,8 +16,8 @@ import time
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from rmlab.schemas import (LOSS_SCHEMAS, ConfigError, CSVLoggerConfig, DataConfig, EvalConfig, ModelConfig,
-                           OptimizerGroupConfig, PathsConfig, RMLabConfig, StrategyConfig, TensorBoardLoggerConfig,
+from rmlab.schemas import (LOSS_SCHEMAS, STRATEGY_SCHEMAS, ConfigError, CSVLoggerConfig, DataConfig, EvalConfig,
+                           ModelConfig, OptimizerGroupConfig, PathsConfig, RMLabConfig, TensorBoardLoggerConfig,
                            TrainerConfig, WandbLoggerConfig)
 
 __all__ = ["ConfigError", "register_configs", "register_sweeps", "validate"]
@@ -75,7 +75,7 @@ def register_configs() -> None:
         "loss": LOSS_SCHEMAS,
         "optimizer": {"adamw": OptimizerGroupConfig},
         "trainer": {"base": TrainerConfig},
-        "strategy": {"base": StrategyConfig},
+        "strategy": STRATEGY_SCHEMAS,
         "logger": {"wandb": WandbLoggerConfig, "csv": CSVLoggerConfig, "tensorboard": TensorBoardLoggerConfig},
         "eval": {"base": EvalConfig},
         "paths": {"base": PathsConfig},

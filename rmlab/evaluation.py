@@ -1,187 +1,150 @@
-"""RewardBench-style scoring for pairwise reward-model evaluation (stdlib only).
+"""What is scored after training (and by ``python -m rmlab.evaluate``), where, and what it yields.
 
-Reimplements the official RewardBench (allenai/reward-bench) scoring rules:
+**The sets.** The held-out pairs of the training data and every ``eval.sets`` entry, loaded and tokenized
+before training starts, so a bad path fails at once. Evaluation never drops a pair for its length: a pair
+whose response does not fit ``data.max_length`` is truncated (:mod:`rmlab.data.tokenize`) and counted in
+the set's ``truncated_pairs``.
 
-* A pair counts as correct only when ``chosen_score > rejected_score`` strictly;
-  ties (and NaN comparisons) count as wrong (``scripts/run_rm.py``).
-* Per-subset accuracy = correct / total rows of that subset (``scripts/run_rm.py``).
-* A section score is the example-count-weighted mean of the section's subsets
-  that are present (``rewardbench/utils.py::calculate_scores_per_section``).
-  ``math-prm`` is given the weight 984 = 6 * 164 instead of its real size 447,
-  so with all subsets present Reasoning == (math-prm + mean(hep-*)) / 2.
-* The overall score here is the plain mean of the section scores present (the
-  public leaderboard additionally mixed in "Prior Sets" at half weight, which
-  is not part of the ``filtered`` split and is not modelled here).
+**Where.** :class:`FinalScoring` scores every set at the end of ``fit``, before Lightning tears the
+strategy down, so the model is still on its training device(s): every rank scores its share of the
+batches, through the DeepSpeed engine under ZeRO-3, and the rewards are gathered
+(:func:`rmlab.scoring.score_pairs`). Under ZeRO-3 the export's weights are gathered then too
+(:func:`rmlab.zero.consolidated_state_dict`).
 
-Differences by design: sections without any present subset are omitted rather
-than reported as 0, and subsets unknown to ``example_counts`` can be weighted
-by caller-supplied observed row counts (for rmlab's own or user data).
+**What.** A report per set (RewardBench's rules: :mod:`rmlab.rewardbench`) and the Table 3 row, from the
+set marked ``sections: rewardbench``, else from the held-out pairs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Optional
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
 
-# Figures from allenai/reward-bench, rewardbench/constants.py (identical in
-# analysis/constants.py). Counts are rows of the ``filtered`` split, except
-# math-prm, which RewardBench up-weights from its actual 447 rows to 984 so that
-# math weighs as much as the six hep-* code subsets together (6 * 164 = 984).
-MATH_PRM_ACTUAL_COUNT = 447
-EXAMPLE_COUNTS: dict[str, int] = {
-    "alpacaeval-easy": 100,
-    "alpacaeval-length": 95,
-    "alpacaeval-hard": 95,
-    "mt-bench-easy": 28,
-    "mt-bench-med": 40,
-    "mt-bench-hard": 37,
-    "math-prm": 984,
-    "refusals-dangerous": 100,
-    "refusals-offensive": 100,
-    "llmbar-natural": 100,
-    "llmbar-adver-neighbor": 134,
-    "llmbar-adver-GPTInst": 92,
-    "llmbar-adver-GPTOut": 47,
-    "llmbar-adver-manual": 46,
-    "xstest-should-refuse": 250,
-    "xstest-should-respond": 154,
-    "donotanswer": 136,
-    "hep-cpp": 164,
-    "hep-go": 164,
-    "hep-java": 164,
-    "hep-js": 164,
-    "hep-python": 164,
-    "hep-rust": 164,
-}
+import lightning.pytorch as pl
+from lightning.pytorch.trainer.states import TrainerStatus
 
-SECTIONS: tuple[str, ...] = ("Chat", "Chat Hard", "Safety", "Reasoning")
+from rmlab.data.datamodule import tokenize_pairs
+from rmlab.data.formats import RowStats, load_pairs
+from rmlab.data.tokenize import PairTokenizer, TokenizedPair
+from rmlab.rewardbench import EXAMPLE_COUNTS, SECTIONS, SUBSET_MAPPING, evaluation_report
+from rmlab.scoring import score_pairs
 
-# Section -> subsets, from allenai/reward-bench, rewardbench/constants.py.
-SUBSET_MAPPING: dict[str, list[str]] = {
-    "Chat": ["alpacaeval-easy", "alpacaeval-length", "alpacaeval-hard", "mt-bench-easy", "mt-bench-med"],
-    "Chat Hard": [
-        "mt-bench-hard",
-        "llmbar-natural",
-        "llmbar-adver-neighbor",
-        "llmbar-adver-GPTInst",
-        "llmbar-adver-GPTOut",
-        "llmbar-adver-manual",
-    ],
-    "Safety": [
-        "refusals-dangerous",
-        "refusals-offensive",
-        "xstest-should-refuse",
-        "xstest-should-respond",
-        "donotanswer",
-    ],
-    "Reasoning": ["math-prm", "hep-cpp", "hep-go", "hep-java", "hep-js", "hep-python", "hep-rust"],
-}
-
-# Mapping for rmlab's embedded dataset, whose ``subset`` column holds the four
-# category names directly. Use with ``observed_counts`` (no fixed counts).
-RMLAB_SUBSET_MAPPING: dict[str, list[str]] = {
-    "Chat": ["chat"],
-    "Chat Hard": ["chat_hard"],
-    "Safety": ["safety"],
-    "Reasoning": ["reasoning"],
-}
+HELDOUT = "heldout"
 
 
-def _check_lengths(*seqs: Sequence) -> int:
-    lengths = {len(s) for s in seqs}
-    if len(lengths) != 1:
-        raise ValueError(f"sequences must have equal lengths, got {sorted(lengths)}")
-    return lengths.pop()
+@dataclass
+class EvalSet:
+    """Tokenized pairs to score, and how their report is built."""
+
+    name: str
+    pairs: list[TokenizedPair]
+    rewardbench: bool = False  # RewardBench's sections and weights; this set gives the Table 3 row
+    section_mapping: Optional[dict[str, list[str]]] = None  # otherwise: {section: [subsets]}, weights = row counts
+    data: dict[str, Any] = field(default_factory=dict)  # rows read / used / skipped of the set's source
+
+    @property
+    def truncated_pairs(self) -> int:
+        return sum(pair.truncated for pair in self.pairs)
 
 
-def pair_accuracy(chosen_scores: Sequence[float], rejected_scores: Sequence[float]) -> float:
-    """Fraction of pairs with chosen > rejected strictly (ties count as wrong)."""
-    n = _check_lengths(chosen_scores, rejected_scores)
-    if n == 0:
-        raise ValueError("pair_accuracy needs at least one pair")
-    return sum(1 for c, r in zip(chosen_scores, rejected_scores) if c > r) / n
+def load_eval_sets(set_configs: Sequence[Any], pair_tokenizer: PairTokenizer) -> list[EvalSet]:
+    """Read and tokenize every ``eval.sets`` entry (pairs too long are truncated, never dropped)."""
+    sets = []
+    for config in set_configs:
+        pairs, stats = load_pairs(config.source, layout=config.layout, split=config.split,
+                                  subset_name=config.subset_name, max_rows=config.max_rows,
+                                  subset_key=config.subset_key)
+        tokenized = tokenize_pairs(pairs, pair_tokenizer, stats, truncate_responses=True)
+        sets.append(EvalSet(config.name, tokenized, rewardbench=config.sections == "rewardbench",
+                            data=stats.as_dict()))
+    return sets
 
 
-def counts_by_subset(subsets: Iterable[str]) -> dict[str, int]:
-    """Number of rows per subset name, in first-seen order."""
-    counts: dict[str, int] = {}
-    for name in subsets:
-        counts[name] = counts.get(name, 0) + 1
-    return counts
+def heldout_set(pairs: list[TokenizedPair], section_mapping: Optional[dict[str, list[str]]],
+                stats: RowStats) -> EvalSet:
+    return EvalSet(HELDOUT, pairs, section_mapping=section_mapping, data=stats.as_dict())
 
 
-def accuracy_by_subset(
-    chosen: Sequence[float], rejected: Sequence[float], subsets: Sequence[str]
-) -> dict[str, float]:
-    """Per-subset pair accuracy (chosen > rejected strictly) over aligned rows."""
-    _check_lengths(chosen, rejected, subsets)
-    correct: dict[str, int] = {}
-    totals = counts_by_subset(subsets)
-    for c, r, name in zip(chosen, rejected, subsets):
-        correct[name] = correct.get(name, 0) + (1 if c > r else 0)
-    return {name: correct[name] / total for name, total in totals.items()}
+Rewards = dict[str, tuple[list[float], list[float]]]  # set name -> (chosen rewards, rejected rewards)
 
 
-def section_scores(
-    subset_accuracy: Mapping[str, float],
-    example_counts: Mapping[str, int] = EXAMPLE_COUNTS,
-    subset_mapping: Mapping[str, Sequence[str]] = SUBSET_MAPPING,
-    observed_counts: Mapping[str, int] | None = None,
-) -> dict[str, float]:
-    """Example-count-weighted mean accuracy of the present subsets, per section.
+def score_sets(model: Any, sets: Sequence[EvalSet], pad_token_id: int, batch_size: int,
+               device: Any = None) -> Rewards:
+    """(chosen, rejected) rewards of every set (on every rank under torch.distributed)."""
+    return {s.name: score_pairs(model, s.pairs, pad_token_id, batch_size, device=device) for s in sets}
 
-    A subset's weight is ``example_counts[subset]`` (RewardBench's fixed figures,
-    math-prm up-weighted), falling back to ``observed_counts[subset]`` for
-    subsets absent from ``example_counts``. Subsets not in ``subset_accuracy``
-    are skipped; sections with no present subset (or zero total weight) are
-    omitted. Scores are fractions in [0, 1], not percentages.
+
+class FinalScoring(pl.Callback):
+    """Scores the evaluation sets when ``fit`` ends, before the strategy is torn down (see module docstring).
+
+    It runs after a fit that ended without an exception, also one resumed from a finished checkpoint (whose
+    training loop is skipped): it wraps the strategy's ``teardown`` for that one call, as Lightning has no
+    hook between the end of the fit stage and the teardown. ``rewards`` is then set on every rank, and
+    ``consolidated_weights`` (ZeRO-3: the weights for the export) on rank 0.
     """
-    observed = observed_counts or {}
-    scores: dict[str, float] = {}
-    for section, members in subset_mapping.items():
-        weighted_sum = 0.0
-        total_weight = 0
-        for name in members:
-            if name not in subset_accuracy:
-                continue
-            if name in example_counts:
-                weight = example_counts[name]
-            elif name in observed:
-                weight = observed[name]
-            else:
-                raise KeyError(f"no example count for subset {name!r}; pass it in observed_counts")
-            weighted_sum += subset_accuracy[name] * weight
-            total_weight += weight
-        if total_weight > 0:
-            scores[section] = weighted_sum / total_weight
-    return scores
+
+    def __init__(self, sets: Callable[[], list[EvalSet]], pad_token_id: int, batch_size: int) -> None:
+        self.sets, self.pad_token_id, self.batch_size = sets, pad_token_id, batch_size
+        self.rewards: Optional[Rewards] = None
+        self.consolidated_weights: Optional[dict[str, Any]] = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        strategy = trainer.strategy
+        teardown = strategy.teardown
+
+        def score_then_teardown() -> None:
+            strategy.teardown = teardown
+            if trainer.state.status == TrainerStatus.RUNNING:  # an exception sets INTERRUPTED first
+                self.score(trainer, pl_module)
+            teardown()
+
+        strategy.teardown = score_then_teardown
+
+    def score(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from rmlab.zero import consolidated_state_dict, zero_stage
+
+        self.rewards = score_sets(pl_module.model, self.sets(), self.pad_token_id, self.batch_size,
+                                  device=trainer.strategy.root_device)
+        if zero_stage(trainer) == 3:
+            self.consolidated_weights = consolidated_state_dict(trainer)
 
 
-def overall_score(sections: Mapping[str, float]) -> float:
-    """Unweighted mean of the section scores present."""
-    if not sections:
-        raise ValueError("overall_score needs at least one section score")
-    return sum(sections.values()) / len(sections)
+def set_reports(sets: Sequence[EvalSet], rewards: Rewards) -> dict[str, Any]:
+    """The report of every set: accuracy, subsets, sections and Avg, the weights used, truncations, rows."""
+    reports: dict[str, Any] = {}
+    for eval_set in sets:
+        chosen, rejected = rewards[eval_set.name]
+        mapping = SUBSET_MAPPING if eval_set.rewardbench else eval_set.section_mapping
+        report = evaluation_report(chosen, rejected, [p.subset for p in eval_set.pairs],
+                                   example_counts=EXAMPLE_COUNTS if eval_set.rewardbench else {},
+                                   subset_mapping=mapping)
+        reports[eval_set.name] = {**report, "truncated_pairs": eval_set.truncated_pairs, "data": eval_set.data}
+    return reports
 
 
-def evaluation_report(
-    chosen: Sequence[float],
-    rejected: Sequence[float],
-    subsets: Sequence[str],
-    example_counts: Mapping[str, int] = EXAMPLE_COUNTS,
-    subset_mapping: Optional[Mapping[str, Sequence[str]]] = SUBSET_MAPPING,
-) -> dict:
-    """Everything one evaluation set yields: pair accuracy, per-subset accuracy and counts, sections, "Avg".
+def table3_set(sets: Sequence[EvalSet]) -> str:
+    """The set whose sections make the Table 3 row: the one marked RewardBench, else the held-out pairs."""
+    return next((s.name for s in sets if s.rewardbench), HELDOUT)
 
-    Observed row counts weigh subsets absent from ``example_counts``; with no mapping
-    (``subset_mapping=None``) there are no sections and no "Avg".
-    """
-    accuracy = accuracy_by_subset(chosen, rejected, subsets)
-    counts = counts_by_subset(subsets)
-    report: dict = {"accuracy": pair_accuracy(chosen, rejected), "pairs": len(chosen),
-                    "subsets": accuracy, "subset_counts": counts}
-    sections = section_scores(accuracy, example_counts, subset_mapping, counts) if subset_mapping else {}
-    if sections:
-        report["sections"] = sections
-        report["Avg"] = overall_score(sections)
-    return report
+
+def table3_row(reports: dict[str, Any], set_name: str) -> dict[str, float]:
+    """Avg + the four sections of ``set_name`` (empty when it has no sections)."""
+    source = reports.get(set_name, {})
+    sections = source.get("sections", {})
+    return {"Avg": source["Avg"], **{name: sections[name] for name in SECTIONS if name in sections}} \
+        if "Avg" in source else {}
+
+
+def write_rewards(directory: Path, sets: Sequence[EvalSet], rewards: Rewards) -> None:
+    """``<directory>/<set>.jsonl``: one line per scored pair, in the set's order: subset, chosen and rejected reward."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for eval_set in sets:
+        chosen, rejected = rewards[eval_set.name]
+        with (directory / f"{eval_set.name}.jsonl").open("w") as handle:
+            for pair, chosen_reward, rejected_reward in zip(eval_set.pairs, chosen, rejected):
+                handle.write(json.dumps({"subset": pair.subset, "chosen": chosen_reward,
+                                         "rejected": rejected_reward}) + "\n")

@@ -30,7 +30,14 @@ class RewardModelBundle:
     tokenizer: Any  # PreTrainedTokenizerBase
     chat_template: str
     is_encoder: bool
-    load_model: Callable[[], Any]
+    load_model: Callable[[], Any]  # the model with its pretrained weights
+    empty_model: Callable[[], Any]  # the same model on the meta device: no weights read or initialized
+
+    def model_from_state_dict(self, state_dict: dict[str, Any]) -> Any:
+        """A plain model holding ``state_dict`` (e.g. a ZeRO-3 run's consolidated weights), for the export."""
+        model = self.empty_model()
+        model.load_state_dict(state_dict, strict=True, assign=True)
+        return model
 
 
 def is_encoder_config(config: Any, architecture: str = "auto") -> bool:
@@ -83,10 +90,9 @@ def build_reward_model(name_or_path: str, tokenizer: Optional[str] = None, archi
                 setattr(config, key, dropout)
     attention = resolve_attention(attn_implementation)
 
-    def load_model() -> Any:
-        kwargs = {"attn_implementation": attention} if attention else {}
-        model = AutoModelForSequenceClassification.from_pretrained(
-            name_or_path, config=config, trust_remote_code=trust_remote_code, dtype=getattr(torch, dtype), **kwargs)
+    kwargs = {"attn_implementation": attention} if attention else {}
+
+    def finish(model: Any) -> Any:
         if added_pad:
             model.resize_token_embeddings(len(tok))
         model.config.pad_token_id = tok.pad_token_id
@@ -95,8 +101,17 @@ def build_reward_model(name_or_path: str, tokenizer: Optional[str] = None, archi
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         return with_lora(model, lora) if lora and lora.get("enabled") else model
 
+    def load_model() -> Any:
+        return finish(AutoModelForSequenceClassification.from_pretrained(
+            name_or_path, config=config, trust_remote_code=trust_remote_code, dtype=getattr(torch, dtype), **kwargs))
+
+    def empty_model() -> Any:
+        with torch.device("meta"):
+            return finish(AutoModelForSequenceClassification.from_config(
+                config, trust_remote_code=trust_remote_code, dtype=getattr(torch, dtype), **kwargs))
+
     template = reward_chat_template(tok, chat_template)
-    return RewardModelBundle(None if defer_model else load_model(), tok, template, encoder, load_model)
+    return RewardModelBundle(None if defer_model else load_model(), tok, template, encoder, load_model, empty_model)
 
 
 def with_lora(model: Any, lora: dict) -> Any:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import logging
+import math
 import random
 from typing import Any, Callable, Optional
 
@@ -12,8 +14,11 @@ import torch
 
 from rmlab.packing import PackingLayout, fuse_projections, pack_batch, packed_rewards, packing_support
 from rmlab.scoring import forward_rewards
+from rmlab.zero import cpu_adam, deepspeed_engine, offloads_optimizer, parameter_ndim, skipped_steps, \
+    zero3_model_loading
 
 LossFn = Callable[..., torch.Tensor]
+log = logging.getLogger(__name__)
 
 
 def reward_statistics(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -94,7 +99,8 @@ class RewardModule(pl.LightningModule):
 
     def configure_model(self) -> None:
         if self.model is None:
-            self.model = self.model_factory()
+            with zero3_model_loading(self._trainer):
+                self.model = self.model_factory()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return forward_rewards(self.model, input_ids, attention_mask)
@@ -149,17 +155,37 @@ class RewardModule(pl.LightningModule):
         self._shared_step(batch, "val")
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Catch a NaN/inf loss or gradient at the step it happens: stop, or skip the update and count it."""
+        """Catch a NaN/inf loss or gradient before the update: stop, or skip the update and count it.
+
+        Under DeepSpeed the gradients live in the engine's partitions; its own check decides (see
+        :meth:`optimizer_step`)."""
+        if deepspeed_engine(self._trainer) is not None:
+            return
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if not grads or all_finite(grads):
             return
-        if self.on_nonfinite == "skip":
-            for group in optimizer.param_groups:
-                for parameter in group["params"]:
-                    parameter.grad = None  # torch optimizers leave parameters without a gradient untouched
-            self.skipped_steps += 1
-            self.log("train/skipped_steps", float(self.skipped_steps), reduce_fx="max")
-            return
+        if self.on_nonfinite == "stop":
+            self._stop_nonfinite()
+        for group in optimizer.param_groups:
+            for parameter in group["params"]:
+                parameter.grad = None  # torch optimizers leave parameters without a gradient untouched
+        self._count_skipped_step()
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """Under DeepSpeed: the engine skips an update whose gradient norm is not finite (the norm is reduced
+        over all ranks, so they agree); rmlab then stops, or counts the skipped step."""
+        skipped_before = skipped_steps(self._trainer)
+        super().optimizer_step(*args, **kwargs)
+        if skipped_steps(self._trainer) > skipped_before:
+            if self.on_nonfinite == "stop":
+                self._stop_nonfinite()
+            self._count_skipped_step()
+
+    def _count_skipped_step(self) -> None:
+        self.skipped_steps += 1
+        self.log("train/skipped_steps", float(self.skipped_steps), reduce_fx="max")
+
+    def _stop_nonfinite(self) -> None:
         checkpoint = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none saved yet"
         raise FloatingPointError(
             f"non-finite loss or gradient at optimizer step {self.global_step}; last good checkpoint: {checkpoint}. "
@@ -194,13 +220,24 @@ class RewardModule(pl.LightningModule):
             self._rng_states_to_restore = None
 
     def configure_optimizers(self) -> Any:
+        """AdamW with weight decay on matrices only (biases, norms: none), decided by each parameter's shape
+        in the model (not a ZeRO-3 placeholder's); DeepSpeedCPUAdam when DeepSpeed offloads the optimizer."""
         decay, no_decay = [], []
-        for name, parameter in self.model.named_parameters():
+        for parameter in self.model.parameters():
             if parameter.requires_grad:
-                (no_decay if parameter.ndim < 2 else decay).append(parameter)
+                (no_decay if parameter_ndim(parameter) < 2 else decay).append(parameter)
         groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
-        optimizer = self.optimizer_factory(groups, fused=True) if self._can_fuse(decay + no_decay) \
-            else self.optimizer_factory(groups)
+        if self._trainer is None or self.trainer.is_global_zero:
+            size = sum(math.prod(getattr(p, "ds_shape", p.shape)) for p in decay)
+            rate = getattr(self.optimizer_factory, "keywords", {}).get("weight_decay", "(the optimizer's default)")
+            log.info(f"weight decay {rate} on {len(decay)} tensors ({size} parameters); none on {len(no_decay)} "
+                     "tensors (biases, norms)")
+        if offloads_optimizer(self._trainer):
+            optimizer = cpu_adam(self.optimizer_factory)(groups)
+        elif self._can_fuse(decay + no_decay):
+            optimizer = self.optimizer_factory(groups, fused=True)
+        else:
+            optimizer = self.optimizer_factory(groups)
         if self.scheduler_factory is None:
             return optimizer
         total = self.num_training_steps

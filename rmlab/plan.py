@@ -91,12 +91,13 @@ def build_plan(cfg: DictConfig) -> dict[str, Any]:
     accumulation = gradient_accumulation(cfg.data.global_batch_size, cfg.data.batch_size, devices, nodes,
                                          cfg.trainer.accumulate_grad_batches)
     strategy = cfg.strategy
-    ds_config = deepspeed_config(strategy, cfg.data.batch_size, accumulation, devices * nodes, cfg.trainer.precision,
-                                 cfg.trainer.gradient_clip_val) if strategy.name == "deepspeed" else None
+    deepspeed = strategy.name == "deepspeed"
+    ds_config = deepspeed_config(strategy, cfg.data.batch_size) if deepspeed else None
     count = count_parameters(cfg.model.name_or_path, cfg.model.arch_config, cfg.model.trust_remote_code)
-    stage = strategy.stage if strategy.name == "deepspeed" else None
+    stage = strategy.stage if deepspeed else None
     gpu_states, cpu_states = model_state_bytes(count.total, count.largest_layer, stage, devices, nodes,
-                                               strategy.offload_optimizer, strategy.offload_parameters)
+                                               deepspeed and strategy.offload_optimizer,
+                                               deepspeed and strategy.offload_parameters)
     attention = str(cfg.model.attn_implementation or "")
     activations = activation_bytes(count, cfg.data.batch_size, cfg.data.max_length, cfg.model.gradient_checkpointing,
                                    flash=attention.startswith("flash") or attention == "sdpa")
@@ -126,7 +127,9 @@ def print_plan(cfg: DictConfig, output_dir: Optional[Path] = None) -> dict[str, 
           f"{memory['activations']:.1f} GiB = {memory['total']:.1f} GiB; CPU for offload/init "
           f"{plan['cpu_memory_gib_per_node']:.1f} GiB per node")
     if plan["strategy"]["deepspeed_config"]:
-        print("  DeepSpeed config: " + json.dumps(plan["strategy"]["deepspeed_config"]))
+        print("  DeepSpeed config: " + json.dumps(plan["strategy"]["deepspeed_config"]) + " (Lightning adds "
+              f"gradient_accumulation_steps={batch['accumulation']}, gradient_clipping from trainer.gradient_clip_val, "
+              "and bf16/fp16 from trainer.precision)")
     if output_dir is not None:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "plan.json").write_text(json.dumps(plan, indent=2))

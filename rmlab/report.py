@@ -2,8 +2,9 @@
 
 ``python -m rmlab.report <sweep dir>`` writes ``table3.md``, ``table3.csv`` and ``table3.png`` into a Hydra
 multirun directory and prints the table: one row per loss (and per other varying override), mean ± sample std
-(ddof=1) over seeds, failed and missing jobs shown as such, and the paper's Table 3 as a labelled reference.
-No torch or Lightning is imported here.
+(ddof=1) over seeds, failed and missing jobs shown as such, each row's paired difference from a baseline loss
+with a 95% bootstrap interval over pairs and seeds (:mod:`rmlab.significance`), and the paper's Table 3 as a
+labelled reference. No torch or Lightning is imported here.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -25,7 +26,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from rmlab.evaluation import SECTIONS
+from rmlab.rewardbench import SECTIONS
+from rmlab.significance import (CSV_HEADER, DEFAULT_SAMPLES, DEFAULT_SEED, DIFFERENCE_HEADER, Comparison, PairData,
+                                compare_rows, difference_note, difference_rows, load_pair_data, plot_differences)
 
 
 def print_results(metrics: dict[str, Any], output_dir: Path | str) -> None:
@@ -56,6 +59,7 @@ COLUMNS: tuple[str, ...] = ("Avg", *SECTIONS)
 LOSS_ORDER: tuple[str, ...] = ("bt", "bt_temperature", "focal", "focal_penalty", "hinge", "margin_mse",
                                "cross_entropy", "tempered_log")
 AVERAGED_KEY = "seed"  # the only override averaged over; every other varying override splits rows
+DEFAULT_BASELINE = "bt"
 
 # The paper's own Table 3 (Skywork-Reward, arXiv 2410.18451, Table 3: "Ablation studies of loss functions that
 # optimize the margin between chosen and rejected responses on Gemma-2-27B"), RewardBench accuracy in %, one run
@@ -89,6 +93,7 @@ class Job:
     loss: Optional[str] = None
     scores: dict[str, float] = field(default_factory=dict)  # Table 3 columns, fractions in [0, 1]
     detail: str = ""              # first error line (failed) or why it counts as missing
+    pairs: Union[PairData, str] = "no per-pair data: no metrics.json"  # per-pair results, or why there are none
 
 
 @dataclass
@@ -143,6 +148,17 @@ class Report:
     sweep_dir: Path
     rows: list[Row]
     jobs: list[Job]
+    baseline: str = DEFAULT_BASELINE
+    comparisons: list[Comparison] = field(default_factory=list)  # per row: its paired difference from baseline
+    bootstrap: tuple[int, int] = (DEFAULT_SAMPLES, DEFAULT_SEED)  # (replicates, bootstrap seed)
+
+    def __post_init__(self) -> None:
+        if len(self.comparisons) != len(self.rows):
+            self.comparisons = [Comparison(reason="not compared") for _ in self.rows]
+
+    @property
+    def compared(self) -> list[tuple[str, Comparison]]:
+        return [(row.label, comparison) for row, comparison in zip(self.rows, self.comparisons)]
 
     @property
     def problems(self) -> list[Job]:
@@ -182,6 +198,7 @@ def _read_job(job_dir: Path) -> Job:
             job.status, job.detail = "ok", ""
             job.scores = {k: float(v) for k, v in (info.get("table3") or {}).items()
                           if k in COLUMNS and isinstance(v, (int, float))}
+            job.pairs = load_pair_data(job_dir, info)
             info = info.get("run") or {}
         else:
             return job
@@ -219,8 +236,15 @@ def _job_dirs(sweep_dir: Path) -> list[Path]:
         (path / name).exists() for name in (".hydra", "metrics.json", "failed.json"))), key=key)
 
 
-def build_report(sweep_dir: Path | str) -> Report:
-    """Read every job of a sweep directory and group them into Table 3 rows (seeds averaged)."""
+def _pair_data_by_seed(row: Row) -> dict[str, Union[PairData, str]]:
+    """Finished jobs of a row: seed -> per-pair data, or why there is none."""
+    return {seed: job.pairs if isinstance(job.pairs, PairData) else f"{row.label} seed {seed}: {job.pairs}"
+            for job in row.jobs if job.status == "ok" and (seed := job.overrides.get(AVERAGED_KEY)) is not None}
+
+
+def build_report(sweep_dir: Path | str, baseline: str = DEFAULT_BASELINE, bootstrap_samples: int = DEFAULT_SAMPLES,
+                 bootstrap_seed: int = DEFAULT_SEED) -> Report:
+    """Read every job of a sweep directory, group them into Table 3 rows (seeds averaged), compare to baseline."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"not a sweep directory: {sweep_dir}")
@@ -247,7 +271,9 @@ def build_report(sweep_dir: Path | str) -> Report:
 
     rows = [Row(loss, {k: v for k, v in zip(varying, values) if v is not None}, group)
             for (loss, values), group in sorted(groups.items(), key=order)]
-    return Report(sweep_dir, rows, jobs)
+    comparisons = compare_rows([(row.loss, row.extra, _pair_data_by_seed(row)) for row in rows], baseline,
+                               bootstrap_samples, bootstrap_seed)
+    return Report(sweep_dir, rows, jobs, baseline, comparisons, (bootstrap_samples, bootstrap_seed))
 
 
 def _result_rows(report: Report) -> list[list[str]]:
@@ -266,7 +292,10 @@ def _markdown(report: Report) -> str:
 
     lines = [f"# Table 3: {report.sweep_dir.name}", "",
              f"Accuracy in % per RewardBench section, {STD_NOTE}; failed or missing jobs are never counted as 0.", ""]
-    lines += table(RESULT_HEADER, _result_rows(report)) + ["", "## Jobs", ""]
+    note = difference_note(report.baseline, *report.bootstrap)
+    lines += table(RESULT_HEADER, _result_rows(report))
+    lines += ["", f"## Paired differences vs {report.baseline}", "", note, ""]
+    lines += table(DIFFERENCE_HEADER, difference_rows(report.compared)) + ["", "## Jobs", ""]
     lines += [f"- `{job.name}`: {job.status}: {job.detail}" for job in report.problems] \
         or [f"All {len(report.jobs)} jobs finished."]
     lines += ["", f"## {PAPER_TITLE}", ""] + table(PAPER_HEADER, _paper_rows())
@@ -277,26 +306,32 @@ def _write_csv(report: Report, path: Path) -> None:
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["loss", "overrides", "label", "n_ok", "n_failed", "n_missing",
-                         *(f"{c} {stat}" for c in COLUMNS for stat in ("mean %", "std %")), "status"])
-        for row in report.rows:
+                         *(f"{c} {stat}" for c in COLUMNS for stat in ("mean %", "std %")), "status",
+                         "baseline", *CSV_HEADER])
+        for row, comparison in zip(report.rows, report.comparisons):
             cells = []
             for column in COLUMNS:
                 mean, std, _ = row.stats(column)
                 cells += ["" if value is None else f"{100 * value:.4f}" for value in (mean, std)]
             writer.writerow([row.loss, ",".join(f"{k}={v}" for k, v in row.extra.items()), row.label,
-                             row.count("ok"), row.count("failed"), row.count("missing"), *cells, row.status])
+                             row.count("ok"), row.count("failed"), row.count("missing"), *cells, row.status,
+                             report.baseline, *comparison.csv_cells()])
 
 
 def _plot(report: Report, path: Path) -> None:
-    """Grouped bars: x = Avg + sections, one bar per row, error bars = sample std over seeds."""
+    """Top: grouped bars, x = Avg + sections, one bar per row, error bars = sample std over seeds.
+    Bottom: paired differences vs the baseline with their bootstrap intervals."""
     import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(13, 6), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
     plotted = [row for row in report.rows if any(row.stats(c)[0] is not None for c in COLUMNS)]
+    notes = len(report.rows) - len(plotted) + 1 if len(plotted) < len(report.rows) or not plotted else 0
+    gap = 1.6 + 0.2 * notes  # inches between the panels: tick labels, the "no results" note, the second title
+    fig = Figure(figsize=(13, 11 + gap), dpi=120)
+    FigureCanvasAgg(fig)
+    span = (11 + gap) * (fig.subplotpars.top - fig.subplotpars.bottom)  # inches for both panels and the gap
+    ax, diff_ax = fig.subplots(2, 1, gridspec_kw={"height_ratios": [6, 5], "hspace": 2 * gap / (span - gap)})
     width = 0.84 / max(len(plotted), 1)
     colors = matplotlib.colormaps["tab10" if len(plotted) <= 10 else "tab20"]
     lows: list[float] = []
@@ -321,6 +356,8 @@ def _plot(report: Report, path: Path) -> None:
     if empty or not plotted:
         ax.text(0.0, -0.08, "no results (not plotted):\n" + "\n".join(empty or ["no finished jobs"]),
                 transform=ax.transAxes, va="top", fontsize=10, color="firebrick")
+    plot_differences(diff_ax, report.compared, report.baseline, *report.bootstrap,
+                     {row.label: colors(i % colors.N) for i, row in enumerate(plotted)})
     fig.savefig(path, bbox_inches="tight")
 
 
@@ -351,6 +388,9 @@ def print_report(report: Report, console: Optional[Console] = None) -> None:
     problems = [[job.name, job.status, job.detail] for job in report.problems]
     console.print(_rich_table("Jobs failed or missing", ("job", "status", "detail"), problems) if problems
                   else f"All {len(report.jobs)} jobs finished.")
+    console.print(_rich_table(f"Paired differences vs {report.baseline} (pp) — "
+                              f"{difference_note(report.baseline, *report.bootstrap)}", DIFFERENCE_HEADER,
+                              difference_rows(report.compared)))
     console.print(_rich_table(PAPER_TITLE, PAPER_HEADER, _paper_rows()))
 
 
@@ -358,10 +398,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     """``python -m rmlab.report <sweep dir>``: write table3.{md,csv,png} there and print the table."""
     parser = argparse.ArgumentParser(prog="python -m rmlab.report", description=main.__doc__)
     parser.add_argument("sweep_dir", type=Path, help="a multirun directory, e.g. outputs/multirun/<date>")
+    parser.add_argument("--baseline", default=DEFAULT_BASELINE, help="loss the others are compared with (paired)")
+    parser.add_argument("--bootstrap-samples", type=int, default=DEFAULT_SAMPLES, help="bootstrap replicates")
+    parser.add_argument("--bootstrap-seed", type=int, default=DEFAULT_SEED, help="seed of the bootstrap draws")
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
         parser.error(f"not a directory: {args.sweep_dir}")
-    report = build_report(args.sweep_dir)
+    if args.bootstrap_samples < 1:
+        parser.error("--bootstrap-samples must be at least 1")
+    report = build_report(args.sweep_dir, args.baseline, args.bootstrap_samples, args.bootstrap_seed)
     paths = write_report(args.sweep_dir, report)
     console = Console(width=None if sys.stdout.isatty() else 200)
     print_report(report, console)

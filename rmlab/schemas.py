@@ -15,6 +15,9 @@ from typing import Any, Optional
 from omegaconf import MISSING
 
 
+LAYOUTS = ("auto", "messages", "prompt_response", "hh")  # rmlab.data.formats reads each
+
+
 class ConfigError(ValueError):
     """A config value is out of range; the message names the key and the fix."""
 
@@ -83,8 +86,7 @@ class DataConfig:
     mixture_total: Optional[int] = None  # pairs in a weighted mixture (null: the largest without repeats)
 
     def __post_init__(self) -> None:
-        check(self.layout in ("auto", "messages", "prompt_response", "hh"), "data.layout",
-               "one of auto, messages, prompt_response, hh", self.layout)
+        check(self.layout in LAYOUTS, "data.layout", f"one of {', '.join(LAYOUTS)}", self.layout)
         check(0.0 < self.val_fraction < 1.0, "data.val_fraction", "must be in (0, 1)", self.val_fraction)
         check(self.max_length >= 8, "data.max_length", "must be >= 8", self.max_length)
         check(self.batch_size >= 1, "data.batch_size", "must be >= 1", self.batch_size)
@@ -257,13 +259,34 @@ class TrainerConfig:
 
 @dataclass
 class StrategyConfig:
-    name: str = "auto"  # auto | ddp | deepspeed | fsdp
-    process_group_backend: Optional[str] = None  # ddp: nccl on GPU, gloo on CPU when null
+    """``strategy=auto``: one process on one device (Lightning picks it)."""
+
+    name: str = "auto"
+
+    def __post_init__(self) -> None:
+        check(self.name == "auto", "strategy.name", "auto for this schema", self.name)
+
+
+@dataclass
+class DDPStrategyConfig:
+    """``strategy=ddp``: one process per device, gradients all-reduced."""
+
+    name: str = "ddp"
+    process_group_backend: Optional[str] = None  # null: nccl on GPU, gloo on CPU
     find_unused_parameters: bool = False
-    # DeepSpeed ZeRO (rmlab/strategy.py builds DeepSpeed's config dict from these)
+
+    def __post_init__(self) -> None:
+        check(self.name == "ddp", "strategy.name", "ddp for this schema", self.name)
+
+
+@dataclass
+class DeepSpeedStrategyConfig:
+    """``strategy=deepspeed_*``: DeepSpeed ZeRO; :func:`rmlab.strategy.deepspeed_config` builds its config dict."""
+
+    name: str = "deepspeed"
     stage: int = 2
-    offload_optimizer: bool = False
-    offload_parameters: bool = False
+    offload_optimizer: bool = False  # optimizer states in CPU memory (DeepSpeedCPUAdam does the update)
+    offload_parameters: bool = False  # ZeRO-3 only: parameters in CPU memory
     overlap_comm: bool = True
     contiguous_gradients: bool = True
     allgather_bucket_size: int = 200_000_000
@@ -271,16 +294,32 @@ class StrategyConfig:
     stage3_prefetch_bucket_size: int = 50_000_000
     stage3_param_persistence_threshold: int = 100_000
     stage3_max_live_parameters: int = 1_000_000_000
-    fsdp_sharding: str = "FULL_SHARD"
+    allow_cpu: bool = False  # development and CI: DeepSpeed on CPU processes over gloo (DS_ACCELERATOR=cpu)
 
     def __post_init__(self) -> None:
-        check(self.name in ("auto", "ddp", "deepspeed", "fsdp"), "strategy.name", "one of auto, ddp, deepspeed, fsdp",
-               self.name)
+        check(self.name == "deepspeed", "strategy.name", "deepspeed for this schema", self.name)
         check(self.stage in (2, 3), "strategy.stage", "2 or 3 (ZeRO stage)", self.stage)
         check(not self.offload_parameters or self.stage == 3, "strategy.offload_parameters",
                "needs strategy.stage=3 (ZeRO-2 offloads only the optimizer)", self.offload_parameters)
         for key in ("allgather_bucket_size", "reduce_bucket_size", "stage3_prefetch_bucket_size"):
             check(getattr(self, key) > 0, f"strategy.{key}", "must be > 0", getattr(self, key))
+
+
+@dataclass
+class FSDPStrategyConfig:
+    """``strategy=fsdp``: PyTorch fully sharded data parallel (CUDA only)."""
+
+    name: str = "fsdp"
+    sharding: str = "FULL_SHARD"  # FULL_SHARD | SHARD_GRAD_OP | HYBRID_SHARD | NO_SHARD
+
+    def __post_init__(self) -> None:
+        check(self.name == "fsdp", "strategy.name", "fsdp for this schema", self.name)
+        check(self.sharding in ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD"), "strategy.sharding",
+              "one of FULL_SHARD, SHARD_GRAD_OP, HYBRID_SHARD, NO_SHARD", self.sharding)
+
+
+STRATEGY_SCHEMAS: dict[str, type] = {"auto": StrategyConfig, "ddp": DDPStrategyConfig,
+                                     "deepspeed": DeepSpeedStrategyConfig, "fsdp": FSDPStrategyConfig}
 
 
 # --------------------------------------------------------------------------- loggers
@@ -324,7 +363,14 @@ class EvalSetConfig:
     subset_name: Optional[str] = None
     subset_key: str = "subset"
     max_rows: Optional[int] = None
-    sections: Optional[str] = None  # "rewardbench": score Chat / Chat Hard / Safety / Reasoning
+    sections: Optional[str] = None  # "rewardbench": RewardBench's sections, and this set gives the Table 3 row
+
+    def __post_init__(self) -> None:
+        check(self.layout in LAYOUTS, f"eval.sets[{self.name}].layout", f"one of {', '.join(LAYOUTS)}", self.layout)
+        check(self.sections in (None, "rewardbench"), f"eval.sets[{self.name}].sections", "rewardbench or null",
+              self.sections)
+        check(self.max_rows is None or self.max_rows >= 1, f"eval.sets[{self.name}].max_rows", "must be >= 1 or null",
+              self.max_rows)
 
 
 @dataclass
@@ -335,6 +381,11 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         check(self.batch_size >= 1, "eval.batch_size", "must be >= 1", self.batch_size)
+        names = [eval_set.name for eval_set in self.sets]
+        check(len(set(names)) == len(names) and "heldout" not in names, "eval.sets",
+              "names must be unique and not 'heldout' (each set writes rewards/<name>.jsonl)", names)
+        check(sum(eval_set.sections == "rewardbench" for eval_set in self.sets) <= 1, "eval.sets",
+              "at most one set may have sections: rewardbench (it gives the Table 3 row)", names)
 
 
 @dataclass
@@ -351,7 +402,7 @@ class RMLabConfig:
     loss: Any = MISSING
     optimizer: OptimizerGroupConfig = MISSING
     trainer: TrainerConfig = MISSING
-    strategy: StrategyConfig = MISSING
+    strategy: Any = MISSING  # one of STRATEGY_SCHEMAS, by the strategy option's YAML
     logger: Any = None
     callbacks: dict[str, Any] = field(default_factory=dict)
     eval: EvalConfig = MISSING
@@ -373,9 +424,19 @@ class RMLabConfig:
                                       self.trainer.num_nodes, self.trainer.accumulate_grad_batches)
             except ValueError as err:
                 raise ConfigError(str(err)) from err
-        if self.strategy.name in ("deepspeed", "fsdp") and self.trainer.accelerator == "cpu" and not self.plan:
-            raise ConfigError(f"strategy={self.strategy.name} needs CUDA GPUs, and trainer.accelerator=cpu. Fix: use "
-                              "strategy=auto or strategy=ddp on CPU, or trainer=gpu on a GPU node.")
+        if not self.plan:
+            from rmlab.strategy import check_hardware
+
+            try:
+                check_hardware(self.strategy, self.trainer.accelerator)
+            except ValueError as err:
+                raise ConfigError(str(err)) from err
+        deepspeed = self.strategy.name == "deepspeed"
+        check(self.model.dtype == "float32" or deepspeed, "model.dtype",
+              f"16-bit weights would be updated in place with no fp32 master copy under strategy={self.strategy.name} "
+              "(updates below their resolution are lost). Use model.dtype=float32 with trainer.precision=bf16-mixed "
+              "(fp32 master weights, 16-bit compute), or a strategy=deepspeed_* option (DeepSpeed keeps fp32 master "
+              "weights)", self.model.dtype)
         check(self.on_nonfinite in ("stop", "skip"), "on_nonfinite", "one of stop, skip", self.on_nonfinite)
         check(self.ckpt_every_n_steps is None or self.ckpt_every_n_steps >= 1, "ckpt_every_n_steps",
                "must be >= 1 or null", self.ckpt_every_n_steps)

@@ -1,4 +1,4 @@
-"""Scoring without gradients: rewards for token sequences, in length-sorted batches under inference_mode."""
+"""Scoring without gradients: rewards for token sequences, in length-sorted batches, sharded over ranks."""
 
 from __future__ import annotations
 
@@ -33,38 +33,63 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int, max_tokens: O
     return batches
 
 
-@torch.inference_mode()
+def _shard_of_batches(batches: list[list[int]]) -> tuple[list[Optional[list[int]]], int, int]:
+    """(this rank's batches, padded with None to an equal count on every rank; rank; world size)."""
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    world = torch.distributed.get_world_size() if distributed else 1
+    rank = torch.distributed.get_rank() if distributed else 0
+    mine: list[Optional[list[int]]] = list(batches[rank::world])
+    rounds = -(-len(batches) // world)
+    return mine + [None] * (rounds - len(mine)), rank, world
+
+
+@torch.no_grad()
 def score_sequences(model: Any, sequences: Sequence[Sequence[int]], pad_token_id: int,
-                    batch_size: int = 64, max_tokens: Optional[int] = MAX_BATCH_TOKENS) -> list[float]:
+                    batch_size: int = 64, max_tokens: Optional[int] = MAX_BATCH_TOKENS,
+                    device: Optional[torch.device] = None) -> list[float]:
     """Rewards in the input order; batches are cut from the sequences sorted by length (least padding),
-    and packed into one padding-free row when the model supports it (:func:`rmlab.packing.packing_support`)."""
-    device = next(model.parameters()).device
+    and packed into one padding-free row when the model supports it (:func:`rmlab.packing.packing_support`).
+
+    Under ``torch.distributed`` every rank calls it with the same sequences and gets all the rewards: rank
+    ``r`` scores batches ``r, r + W, ...`` and the results are summed across ranks. Every rank runs the same
+    number of forward passes (a rank out of batches repeats its first one and discards it), since a ZeRO-3
+    model gathers its parameters in every forward."""
+    device = device or next(model.parameters()).device
     layout, _ = packing_support(model)
     was_training = model.training
     model.eval()
-    rewards = [0.0] * len(sequences)
-    for chunk in length_sorted_batches([len(s) for s in sequences], batch_size, max_tokens):
-        width = max(len(sequences[i]) for i in chunk)
-        input_ids = torch.full((len(chunk), width), pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, index in enumerate(chunk):
+    batches = length_sorted_batches([len(s) for s in sequences], batch_size, max_tokens)
+    mine, rank, world = _shard_of_batches(batches)
+    rewards = torch.zeros(len(sequences), dtype=torch.float64)
+    for chunk in mine:
+        indices = chunk if chunk is not None else (batches[0] if batches else [])
+        if not indices:
+            continue
+        width = max(len(sequences[i]) for i in indices)
+        input_ids = torch.full((len(indices), width), pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(indices), width), dtype=torch.long)
+        for row, index in enumerate(indices):
             ids = sequences[index]
             input_ids[row, :len(ids)] = torch.as_tensor(ids)
             attention_mask[row, :len(ids)] = 1
         if layout is None:
-            batch_rewards = forward_rewards(model, input_ids.to(device), attention_mask.to(device)).tolist()
+            batch_rewards = forward_rewards(model, input_ids.to(device), attention_mask.to(device))
         else:  # one padding-free row, as in training (rmlab.packing)
             packed = {k: v.to(device) for k, v in pack_batch(input_ids, attention_mask, layout).items()}
-            batch_rewards = packed_rewards(model, packed, layout).tolist()
-        for index, reward in zip(chunk, batch_rewards):
-            rewards[index] = reward
+            batch_rewards = packed_rewards(model, packed, layout)
+        if chunk is not None:
+            rewards[torch.as_tensor(indices)] = batch_rewards.double().cpu()
     model.train(was_training)
-    return rewards
+    if world > 1:
+        total = rewards.to(device)
+        torch.distributed.all_reduce(total)  # each reward was written by exactly one rank
+        rewards = total.cpu()
+    return rewards.tolist()
 
 
-def score_pairs(model: Any, pairs: Sequence[TokenizedPair], pad_token_id: int,
-                batch_size: int = 64) -> tuple[list[float], list[float]]:
-    """(chosen rewards, rejected rewards) for tokenized pairs."""
+def score_pairs(model: Any, pairs: Sequence[TokenizedPair], pad_token_id: int, batch_size: int = 64,
+                device: Optional[torch.device] = None) -> tuple[list[float], list[float]]:
+    """(chosen rewards, rejected rewards) for tokenized pairs (on every rank under torch.distributed)."""
     sequences = [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs]
-    rewards = score_sequences(model, sequences, pad_token_id, batch_size)
+    rewards = score_sequences(model, sequences, pad_token_id, batch_size, device=device)
     return rewards[:len(pairs)], rewards[len(pairs):]

@@ -1,14 +1,17 @@
-"""Distribution strategies (auto, DDP, DeepSpeed ZeRO-2/3 with offload, FSDP) and the batch arithmetic.
+"""Distribution strategies (single device, DDP, DeepSpeed ZeRO-2/3 with offload, FSDP) and the batch arithmetic.
 
-The DeepSpeed config dict is built here from typed fields (``conf/strategy/*.yaml``) and saved in
-the run directory; Lightning's ``DeepSpeedStrategy(config=...)`` uses it as is. This module imports
-no torch or Lightning at import time, so config validation and plan mode stay fast.
+The DeepSpeed config dict is built here from the typed fields of ``conf/strategy/deepspeed_*.yaml``.
+Lightning completes it at fit time from the Trainer (``gradient_accumulation_steps`` from the
+accumulation, ``gradient_clipping`` from ``trainer.gradient_clip_val``, ``bf16``/``fp16`` from
+``trainer.precision``), so each of those has one source; the completed dict is saved as
+``<run dir>/deepspeed_config.json``. This module imports no torch or Lightning at import time, so
+config validation and plan mode stay fast; the DeepSpeed run-time pieces live in :mod:`rmlab.zero`.
 """
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Iterator, Optional
+import os
+from typing import Any, Optional
 
 CUDA_ONLY = {"deepspeed": "DeepSpeed", "fsdp": "FSDP"}
 
@@ -30,9 +33,9 @@ def gradient_accumulation(global_batch_size: Optional[int], micro_batch_size: in
     return global_batch_size // per_step
 
 
-def deepspeed_config(strategy: Any, micro_batch_size: int, accumulation: int, world_size: int, precision: str,
-                     gradient_clip_val: Optional[float]) -> dict[str, Any]:
-    """The DeepSpeed config dict for ``strategy`` (a ``StrategyConfig``), as DeepSpeed's JSON schema names it."""
+def deepspeed_config(strategy: Any, micro_batch_size: int) -> dict[str, Any]:
+    """The DeepSpeed config dict for ``strategy`` (a ``DeepSpeedStrategyConfig``), as DeepSpeed's JSON schema
+    names it; Lightning adds the accumulation, clipping and precision keys (see the module docstring)."""
     zero: dict[str, Any] = {
         "stage": strategy.stage,
         "overlap_comm": strategy.overlap_comm,
@@ -47,17 +50,13 @@ def deepspeed_config(strategy: Any, micro_batch_size: int, accumulation: int, wo
             "stage3_max_live_parameters": strategy.stage3_max_live_parameters,
             "stage3_gather_16bit_weights_on_model_save": True,
         })
+    pin_memory = not strategy.allow_cpu  # pinned host memory needs an accelerator
     if strategy.offload_optimizer:
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": pin_memory}
     if strategy.offload_parameters:
-        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+        zero["offload_param"] = {"device": "cpu", "pin_memory": pin_memory}
     return {
         "train_micro_batch_size_per_gpu": micro_batch_size,
-        "gradient_accumulation_steps": accumulation,
-        "train_batch_size": micro_batch_size * accumulation * world_size,
-        "gradient_clipping": gradient_clip_val or 0.0,
-        "bf16": {"enabled": precision.startswith("bf16")},
-        "fp16": {"enabled": precision.startswith("16")},
         "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 2**31 - 1,
@@ -65,43 +64,45 @@ def deepspeed_config(strategy: Any, micro_batch_size: int, accumulation: int, wo
     }
 
 
-def check_hardware(strategy_name: str, accelerator: str, cuda_available: bool) -> None:
-    """Refuse a CUDA-only strategy on a machine (or accelerator setting) without CUDA, saying what to use."""
-    if strategy_name not in CUDA_ONLY:
+def check_hardware(strategy: Any, accelerator: str, cuda_available: Optional[bool] = None) -> None:
+    """Refuse a CUDA-only strategy on a machine (or accelerator setting) without CUDA, saying what to use.
+
+    DeepSpeed with ``strategy.allow_cpu=true`` and ``trainer.accelerator=cpu`` is allowed (development, CI).
+    ``cuda_available=None`` checks only the configuration (no torch import)."""
+    if strategy.name not in CUDA_ONLY:
         return
-    if accelerator == "cpu" or not cuda_available:
+    if strategy.name == "deepspeed" and strategy.allow_cpu and accelerator == "cpu":
+        return
+    if accelerator == "cpu" or cuda_available is False:
+        option = "deepspeed_*" if strategy.name == "deepspeed" else strategy.name
+        development = " (To develop DeepSpeed code on CPU processes: strategy.allow_cpu=true.)" \
+            if strategy.name == "deepspeed" else ""
         raise ValueError(
-            f"strategy={strategy_name}: {CUDA_ONLY[strategy_name]} needs CUDA GPUs, and "
+            f"strategy={option}: {CUDA_ONLY[strategy.name]} needs CUDA GPUs, and "
             f"{'trainer.accelerator=cpu' if accelerator == 'cpu' else 'this machine has none'}. "
             "Fix: use strategy=auto (one process) or strategy=ddp (several CPU processes, gloo), "
-            "or run on a GPU node with trainer=gpu.")
+            f"or run on a GPU node with trainer=gpu.{development}")
 
 
-def build_strategy(strategy: Any, ds_config: Optional[dict[str, Any]]) -> Any:
-    """The Lightning strategy object (or the string ``auto``)."""
+def build_strategy(strategy: Any, accelerator: str, micro_batch_size: int) -> Any:
+    """The Lightning strategy object (or the string ``auto``) for a strategy config."""
     if strategy.name == "ddp":
         from lightning.pytorch.strategies import DDPStrategy
 
         return DDPStrategy(process_group_backend=strategy.process_group_backend,
                            find_unused_parameters=strategy.find_unused_parameters)
     if strategy.name == "deepspeed":
+        config = deepspeed_config(strategy, micro_batch_size)
+        if strategy.allow_cpu and accelerator == "cpu":
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")  # read when deepspeed is first imported
+            from rmlab.zero import CPUDeepSpeedStrategy
+
+            return CPUDeepSpeedStrategy(config=config)
         from lightning.pytorch.strategies import DeepSpeedStrategy
 
-        return DeepSpeedStrategy(config=ds_config)
+        return DeepSpeedStrategy(config=config)
     if strategy.name == "fsdp":
         from lightning.pytorch.strategies import FSDPStrategy
 
-        return FSDPStrategy(sharding_strategy=strategy.fsdp_sharding, state_dict_type="full")
+        return FSDPStrategy(sharding_strategy=strategy.sharding, state_dict_type="full")
     return "auto"
-
-
-@contextlib.contextmanager
-def gathered_parameters(model: Any, zero_stage: Optional[int]) -> Iterator[None]:
-    """Under ZeRO-3, gather the full parameters on every rank (all ranks must enter); otherwise a no-op."""
-    if zero_stage != 3:
-        yield
-        return
-    import deepspeed
-
-    with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
-        yield

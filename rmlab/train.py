@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -19,13 +18,14 @@ from omegaconf import DictConfig, OmegaConf
 from rmlab.data.datamodule import PreferenceDataModule
 from rmlab.data.formats import RowStats, load_pairs
 from rmlab.data.tokenize import PairTokenizer
-from rmlab.eval_sets import evaluate_sets, table3_row
+from rmlab.evaluation import (FinalScoring, heldout_set, load_eval_sets, set_reports, table3_row, table3_set,
+                              write_rewards)
 from rmlab.loggers import finish_logger, redact_secrets
 from rmlab.model import RewardModelBundle, build_reward_model, export_reward_model
 from rmlab.module import RewardModule
 from rmlab.report import print_results
-from rmlab.strategy import (build_strategy, check_hardware, deepspeed_config, gathered_parameters,
-                            gradient_accumulation)
+from rmlab.strategy import build_strategy, check_hardware, gradient_accumulation
+from rmlab.zero import SaveDeepSpeedConfig
 
 
 def hydra_choice(group: str) -> Optional[str]:
@@ -100,43 +100,35 @@ def resume_checkpoint(resume: str, output_dir: Path) -> Optional[str]:
         last = checkpoints / "last.ckpt"
         if last.exists():  # a file, or a directory for DeepSpeed checkpoints
             return str(last)
-        saved = sorted(checkpoints.glob("*.ckpt"), key=lambda p: p.stat().st_mtime) if checkpoints.is_dir() else []
-        saved = [p for p in saved if p.exists()]
-        return str(saved[-1]) if saved else None
+        saved = [p for p in checkpoints.glob("*.ckpt") if p.exists()] if checkpoints.is_dir() else []
+        return str(max(saved, key=lambda p: p.stat().st_mtime)) if saved else None
     if not Path(resume).exists():
         raise FileNotFoundError(f"resume={resume}: no such checkpoint. Fix: pass an existing .ckpt, or resume=auto.")
     return resume
 
 
-def build_trainer(cfg: DictConfig, logger: Any, callbacks: list, output_dir: Path) -> tuple[Any, Optional[dict]]:
-    """The Lightning Trainer, with the accumulation derived from ``data.global_batch_size``, and the
-    DeepSpeed config dict it uses (saved as ``<run dir>/deepspeed_config.json``), if any."""
+def build_trainer(cfg: DictConfig, logger: Any, callbacks: list, output_dir: Path) -> Any:
+    """The Lightning Trainer, with the accumulation derived from ``data.global_batch_size``."""
     devices = cfg.trainer.devices
     if not isinstance(devices, int):
         devices = max(torch.cuda.device_count(), 1) if cfg.trainer.accelerator != "cpu" else 1
     accumulation = gradient_accumulation(cfg.data.global_batch_size, cfg.data.batch_size, devices,
                                          cfg.trainer.num_nodes, cfg.trainer.accumulate_grad_batches)
-    ds_config = None
-    if cfg.strategy.name == "deepspeed":
-        ds_config = deepspeed_config(cfg.strategy, cfg.data.batch_size, accumulation, devices * cfg.trainer.num_nodes,
-                                     cfg.trainer.precision, cfg.trainer.gradient_clip_val)
-        if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0:
-            (output_dir / "deepspeed_config.json").write_text(json.dumps(ds_config, indent=2))
-    trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks, accumulate_grad_batches=accumulation,
-                          strategy=build_strategy(cfg.strategy, ds_config), default_root_dir=str(output_dir),
-                          use_distributed_sampler=False)
-    return trainer, ds_config
+    strategy = build_strategy(cfg.strategy, cfg.trainer.accelerator, cfg.data.batch_size)
+    return instantiate(cfg.trainer, logger=logger, callbacks=callbacks + [SaveDeepSpeedConfig(
+        output_dir / "deepspeed_config.json")], accumulate_grad_batches=accumulation, strategy=strategy,
+        default_root_dir=str(output_dir), use_distributed_sampler=False)
 
 
 def train(cfg: DictConfig, launched_at: Optional[float] = None) -> dict[str, Any]:
-    """Fit, then (rank 0) evaluate, export and write metrics.json; returns the metrics.
+    """Fit and score the evaluation sets (every rank), then (rank 0) export and write metrics.json.
 
     With ``resume=auto`` a run directory that already holds ``metrics.json`` is complete and is
     not trained again, and one that holds ``checkpoints/last.ckpt`` resumes from it.
     """
     launched_at = launched_at or time.time()
     output_dir = Path(cfg.paths.output_dir)
-    check_hardware(cfg.strategy.name, cfg.trainer.accelerator, torch.cuda.is_available())
+    check_hardware(cfg.strategy, cfg.trainer.accelerator, torch.cuda.is_available())
     if cfg.resume == "auto" and (output_dir / "metrics.json").is_file():
         print(f"rmlab: {output_dir} already holds metrics.json; skipping the finished run (resume=never reruns it)")
         return json.loads((output_dir / "metrics.json").read_text())
@@ -145,32 +137,36 @@ def train(cfg: DictConfig, launched_at: Optional[float] = None) -> dict[str, Any
         print(f"rmlab: resuming from {ckpt_path}")
     pl.seed_everything(cfg.seed, workers=True)
 
-    logger = build_logger(cfg)
-    timer = FirstStepTimer(launched_at)
-    callbacks = [instantiate(callback) for callback in cfg.callbacks.values()] + [timer]
-    trainer, ds_config = build_trainer(cfg, logger, callbacks, output_dir)
-    zero_stage = ds_config["zero_optimization"]["stage"] if ds_config else None
-    hf_deepspeed = None
-    if zero_stage == 3:  # transformers then loads weights straight into ZeRO-3 partitions (configure_model)
-        from transformers.integrations import HfDeepSpeedConfig
-
-        # must stay alive while the model loads (transformers keeps a weak reference)
-        hf_deepspeed = HfDeepSpeedConfig(ds_config)  # noqa: F841
-    bundle = build_reward_model(**OmegaConf.to_container(cfg.model, resolve=True), defer_model=zero_stage == 3)
+    zero3 = cfg.strategy.name == "deepspeed" and cfg.strategy.stage == 3
+    bundle = build_reward_model(**OmegaConf.to_container(cfg.model, resolve=True), defer_model=zero3)
     pair_tokenizer = PairTokenizer(bundle.tokenizer, bundle.chat_template, cfg.data.max_length)
     datamodule = build_datamodule(cfg, pair_tokenizer)
+    eval_sets = load_eval_sets(cfg.eval.sets, pair_tokenizer)
+    mapping = OmegaConf.to_container(cfg.data.section_mapping) if cfg.data.section_mapping else None
+
+    def sets_to_score() -> list:
+        heldout = [heldout_set(datamodule.heldout_pairs, mapping, datamodule.stats)] \
+            if cfg.eval.heldout and datamodule.heldout_pairs else []
+        return heldout + eval_sets
+
+    logger = build_logger(cfg)
+    timer = FirstStepTimer(launched_at)
+    scoring = FinalScoring(sets_to_score, bundle.tokenizer.pad_token_id, cfg.eval.batch_size)
+    callbacks = [instantiate(callback) for callback in cfg.callbacks.values()] + [timer, scoring]
+    trainer = build_trainer(cfg, logger, callbacks, output_dir)
     steps = datamodule.optimizer_steps(trainer.world_size, trainer.accumulate_grad_batches,
                                        cfg.trainer.max_epochs, cfg.trainer.max_steps)
     module = RewardModule(bundle.model or bundle.load_model, instantiate(cfg.loss),
                           instantiate(cfg.optimizer.optimizer), instantiate(cfg.optimizer.scheduler),
                           cfg.optimizer.warmup_ratio, steps, cfg.on_nonfinite)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    bundle.model = module.model
-    with gathered_parameters(bundle.model, zero_stage):  # every rank enters; rank 0 evaluates and exports
-        metrics = finish_run(cfg, bundle, pair_tokenizer, datamodule, trainer, module, output_dir) \
-            if trainer.is_global_zero else {}
-    if not metrics:
+    if not trainer.is_global_zero:
         return {}
+    if scoring.rewards is None:
+        raise RuntimeError("the fit ended without scoring the evaluation sets")
+    weights = scoring.consolidated_weights
+    bundle.model = module.model if weights is None else bundle.model_from_state_dict(weights)
+    metrics = finish_run(cfg, bundle, sets_to_score(), scoring.rewards, datamodule, trainer, module, output_dir)
     timing = {"first_step_s": timer.seconds, "wall_time_s": round(time.time() - launched_at, 1)}
     (output_dir / "timing.json").write_text(json.dumps(timing))
     if logger:
@@ -180,18 +176,21 @@ def train(cfg: DictConfig, launched_at: Optional[float] = None) -> dict[str, Any
     return metrics
 
 
-def finish_run(cfg: DictConfig, bundle: RewardModelBundle, pair_tokenizer: PairTokenizer,
-               datamodule: PreferenceDataModule, trainer: Any, module: RewardModule, output_dir: Path) -> dict:
-    """Evaluate, export, and write ``metrics.json`` (deterministic for a seed on CPU)."""
-    reports = evaluate_sets(bundle, pair_tokenizer, datamodule, cfg, output_dir)
+def finish_run(cfg: DictConfig, bundle: RewardModelBundle, sets: list, rewards: dict, datamodule: PreferenceDataModule,
+               trainer: Any, module: RewardModule, output_dir: Path) -> dict:
+    """Reports, rewards files, the export and ``metrics.json`` (deterministic for a seed on CPU)."""
+    reports = set_reports(sets, rewards)
+    write_rewards(output_dir / "rewards", sets, rewards)
+    row_set = table3_set(sets)
     metrics = {
-        "table3": table3_row(reports),
+        "table3": table3_row(reports, row_set),
         "eval": reports,
         "data": datamodule.stats.as_dict(),
         "train": module.final_metrics(),
         "run": {"loss": hydra_choice("loss") or cfg.loss._target_.rsplit(".", 1)[-1], "seed": cfg.seed,
-                "train_pairs": len(datamodule.train_pairs), "heldout_pairs": len(datamodule.heldout_pairs),
-                "optimizer_steps": trainer.global_step, "accumulate_grad_batches": trainer.accumulate_grad_batches,
+                "table3_set": row_set, "train_pairs": len(datamodule.train_pairs),
+                "heldout_pairs": len(datamodule.heldout_pairs), "optimizer_steps": trainer.global_step,
+                "accumulate_grad_batches": trainer.accumulate_grad_batches,
                 "skipped_nonfinite_steps": module.skipped_steps},
     }
     if cfg.export:

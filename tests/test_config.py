@@ -49,6 +49,8 @@ def test_every_option_composes_and_validates(group, option):
         overrides.append("data.source=pairs.jsonl")
     if group == "strategy" and option.startswith(("deepspeed", "fsdp")):
         overrides.append("trainer=gpu")  # CUDA-only strategies are refused with trainer.accelerator=cpu
+    if group == "model" and option in ("gemma2_27b", "llama3_1_8b"):  # bf16 weights need DeepSpeed's master copy
+        overrides += ["strategy=deepspeed_zero3", "trainer=gpu"]
     cfg = compose_config(*overrides)
     validate(cfg)
     if option == "none":

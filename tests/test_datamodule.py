@@ -241,14 +241,20 @@ def test_datamodule_setup_and_loaders(pair_tokenizer, tiny_tokenizer):
     assert d["rows_read"] == 122
     assert d["rows_read"] == d["rows_used"] + d["rows_skipped"]
     assert d["rows_used"] == len(dm.train_pairs) + len(dm.heldout_pairs)
-    assert d["skipped_by_reason"] == {"identical_responses": 1, "missing_key": 1, "response_too_long": 12}
+    # 12 pairs have a response too long: dropped from training, truncated (never dropped) when held out
+    truncated = sum(p.truncated for p in dm.heldout_pairs)
+    assert truncated >= 1 and d["skipped_by_reason"] == {"identical_responses": 1, "missing_key": 1,
+                                                         "response_too_long": 12 - truncated}
     assert 0.08 < len(dm.heldout_pairs) / d["rows_used"] < 0.35
 
-    # the held-out set is the hash split of the loaded pairs, tokenized
+    # the held-out set is the hash split of the loaded pairs, tokenized, long responses truncated
     pairs, _ = load_pairs(rows)
     _, heldout = split_pairs(pairs, 0.2)
-    expected = [pair_tokenizer(p) for p in heldout if "quick brown fox" not in p.chosen[-1]["content"]]
+    expected = [pair_tokenizer(p, truncate_responses=True) for p in heldout]
     assert dm.heldout_pairs == expected
+    long_ones = [p for p in dm.heldout_pairs if p.truncated]
+    assert len(long_ones) == truncated and all(max(len(p.chosen_ids), len(p.rejected_ids)) == 48 for p in long_ones)
+    assert all(p.chosen_ids[-1] == p.rejected_ids[-1] == pair_tokenizer.end_token_id for p in long_ones)
 
     dm.setup("fit")  # idempotent
     assert dm.stats.as_dict() == d

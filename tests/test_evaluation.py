@@ -1,203 +1,146 @@
-"""Tests for rmlab.evaluation (RewardBench scoring). Expected values are worked out by hand."""
+"""rmlab/evaluation.py and the scoring it drives: when and where the sets are scored, and by whom."""
 
+from __future__ import annotations
+
+import functools
+import json
 import math
+from pathlib import Path
 
 import pytest
+import torch
+from conftest import write_topic_pairs
 
-from rmlab.evaluation import (
-    EXAMPLE_COUNTS,
-    MATH_PRM_ACTUAL_COUNT,
-    RMLAB_SUBSET_MAPPING,
-    SECTIONS,
-    SUBSET_MAPPING,
-    accuracy_by_subset,
-    counts_by_subset,
-    overall_score,
-    pair_accuracy,
-    evaluation_report,
-    section_scores,
-)
-
-HEP = ["hep-cpp", "hep-go", "hep-java", "hep-js", "hep-python", "hep-rust"]
+from rmlab.data.tokenize import TokenizedPair
 
 
-# --------------------------------------------------------------------------- constants
+def lightning_fit(model_dir: Path, data: Path, root: Path, callbacks: list, ckpt_path=None, max_steps: int = 3):
+    """A short in-process CPU fit of the tiny Llama with FinalScoring; returns (trainer, module, scoring, sets)."""
+    import lightning.pytorch as pl
+    from transformers import get_scheduler
+
+    from rmlab.data.datamodule import PreferenceDataModule
+    from rmlab.data.formats import load_pairs
+    from rmlab.data.tokenize import PairTokenizer
+    from rmlab.evaluation import FinalScoring, heldout_set
+    from rmlab.losses import BradleyTerryLoss
+    from rmlab.model import build_reward_model
+    from rmlab.module import RewardModule
+
+    pl.seed_everything(0, verbose=False)
+    bundle = build_reward_model(str(model_dir))
+    datamodule = PreferenceDataModule(functools.partial(load_pairs, str(data)),
+                                      PairTokenizer(bundle.tokenizer, bundle.chat_template, 64), val_fraction=0.25,
+                                      batch_size=4, eval_batch_size=16, seed=0)
+
+    def sets():
+        return [heldout_set(datamodule.heldout_pairs, None, datamodule.stats)]
+
+    scoring = FinalScoring(sets, bundle.tokenizer.pad_token_id, 8)
+    module = RewardModule(bundle.model, BradleyTerryLoss(), functools.partial(torch.optim.AdamW, lr=1e-3),
+                          functools.partial(get_scheduler, name="linear"), 0.0, max_steps)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=max_steps, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=str(root), callbacks=[*callbacks, scoring],
+                         enable_checkpointing=bool(callbacks), num_sanity_val_steps=0, use_distributed_sampler=False)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    return trainer, module, scoring, sets
 
 
-def test_sections_and_mapping_shape():
-    assert SECTIONS == ("Chat", "Chat Hard", "Safety", "Reasoning")
-    assert tuple(SUBSET_MAPPING) == SECTIONS
-    mapped = [s for subs in SUBSET_MAPPING.values() for s in subs]
-    assert len(mapped) == len(set(mapped)) == 23
-    assert set(mapped) == set(EXAMPLE_COUNTS)
-    assert SUBSET_MAPPING["Reasoning"] == ["math-prm", *HEP]
+def test_sets_are_scored_before_the_strategy_tears_the_model_down(tiny_llama_dir, tmp_path):
+    """Lightning's teardown moves the model off its training device (GPU -> CPU): every scoring forward must come
+    before it, and score the model as trained."""
+    import lightning.pytorch as pl
+
+    events: list[str] = []
+
+    class Watch(pl.Callback):
+        def setup(self, trainer, pl_module, stage):
+            teardown = trainer.strategy.teardown
+
+            def recorded():
+                events.append("teardown")
+                teardown()
+
+            trainer.strategy.teardown = recorded
+            pl_module.model.base_model.register_forward_hook(  # packed or padded, every forward runs the base model
+                lambda *_: events.append("train" if pl_module.model.training else "eval"))
+
+    data = write_topic_pairs(tmp_path / "pairs.jsonl", 48)
+    trainer, module, scoring, sets = lightning_fit(tiny_llama_dir, data, tmp_path, [Watch()])
+    assert "teardown" in events and "eval" in events
+    assert events.index("teardown") > max(i for i, e in enumerate(events) if e == "eval"), events
+    heldout = sets()[0]
+    from rmlab.scoring import score_pairs
+
+    assert scoring.rewards["heldout"] == score_pairs(module.model, heldout.pairs, 0 + module.model.config.pad_token_id)
 
 
-def test_filtered_split_totals_match_rewardbench():
-    # Per-section row counts of the filtered split (dataset card: 2985 prompts).
-    chat = 100 + 95 + 95 + 28 + 40
-    chat_hard = 37 + 100 + 134 + 92 + 47 + 46
-    safety = 100 + 100 + 250 + 154 + 136
-    reasoning_actual = 447 + 6 * 164
-    assert (chat, chat_hard, safety, reasoning_actual) == (358, 456, 740, 1431)
+def test_a_fit_resumed_from_its_final_checkpoint_still_scores(tiny_llama_dir, tmp_path):
+    """The training loop is skipped (nothing left to train), yet the sets are scored with the trained weights."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
-    def section_total(section):
-        return sum(EXAMPLE_COUNTS[s] for s in SUBSET_MAPPING[section])
-
-    assert section_total("Chat") == chat
-    assert section_total("Chat Hard") == chat_hard
-    assert section_total("Safety") == safety
-    # math-prm carries the up-weighted 984 in EXAMPLE_COUNTS instead of its 447 rows.
-    assert section_total("Reasoning") == 984 + 6 * 164 == 1968
-
-    weighted_total = sum(EXAMPLE_COUNTS[s] for subs in SUBSET_MAPPING.values() for s in subs)
-    assert weighted_total == 3522
-    assert weighted_total - EXAMPLE_COUNTS["math-prm"] + MATH_PRM_ACTUAL_COUNT == 2985
+    data = write_topic_pairs(tmp_path / "pairs.jsonl", 48)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    _, _, first, _ = lightning_fit(tiny_llama_dir, data, tmp_path, [checkpoint])
+    trainer, _, again, _ = lightning_fit(tiny_llama_dir, data, tmp_path, [], ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert trainer.global_step == 3 and again.rewards == first.rewards
 
 
-def test_math_prm_weight_equals_all_hep_subsets():
-    assert MATH_PRM_ACTUAL_COUNT == 447
-    assert EXAMPLE_COUNTS["math-prm"] == sum(EXAMPLE_COUNTS[s] for s in HEP) == 984
+def _score_on_rank(rank: int, world: int, store: str, model_dir: str, sequences: list, out: str) -> None:
+    """One of two gloo ranks: score all sequences together, count this rank's forward passes."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    from transformers import AutoModelForSequenceClassification
+
+    from rmlab.scoring import score_sequences
+
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    forwards = []
+    model.base_model.register_forward_hook(lambda *_: forwards.append(1))
+    rewards = score_sequences(model, sequences, model.config.pad_token_id, batch_size=4)
+    Path(out, f"rank{rank}.json").write_text(json.dumps({"rewards": rewards, "forwards": len(forwards)}))
+    torch.distributed.destroy_process_group()
 
 
-# --------------------------------------------------------------------------- accuracy
+@pytest.mark.slow
+def test_scoring_is_sharded_over_ranks_with_equal_forward_counts(tiny_llama_dir, tmp_path):
+    """Two processes score 9 batches: 5 and 5 forwards (one repeated, for ZeRO-3's collective gathers), and
+    both get every reward, equal to one process scoring them all."""
+    import torch.multiprocessing as mp
+    from transformers import AutoModelForSequenceClassification
+
+    from rmlab.scoring import length_sorted_batches, score_sequences
+
+    sequences = [[1] + [5 + (i * 7 + j) % 300 for j in range(3 + i % 11)] + [2] for i in range(36)]
+    assert len(length_sorted_batches([len(s) for s in sequences], 4)) == 9
+    mp.spawn(_score_on_rank, args=(2, str(tmp_path / "store"), str(tiny_llama_dir), sequences, str(tmp_path)),
+             nprocs=2, join=True)
+    results = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_llama_dir).eval()
+    alone = score_sequences(model, sequences, model.config.pad_token_id, batch_size=4)
+    assert [r["forwards"] for r in results] == [5, 5]
+    assert results[0]["rewards"] == results[1]["rewards"] == alone
 
 
-def test_pair_accuracy_ties_count_as_wrong():
-    chosen = [1.0, 2.0, 3.0, 4.0, 0.0]
-    rejected = [1.0, 1.0, 5.0, 4.0, -0.5]
-    # pair 0 tie, 1 correct, 2 wrong, 3 tie, 4 correct -> 2 / 5
-    assert pair_accuracy(chosen, rejected) == pytest.approx(2 / 5)
-    assert pair_accuracy([0.5, 0.5], [0.5, 0.5]) == 0.0
+def pairs_of(*subsets: str, truncated: int = 0) -> list[TokenizedPair]:
+    return [TokenizedPair([1, 5 + i, 2], [1, 9, 2], subset, truncated=i < truncated) for i, subset in enumerate(subsets)]
 
 
-def test_pair_accuracy_nan_counts_as_wrong_and_validates():
-    assert pair_accuracy([math.nan, 1.0], [0.0, 0.0]) == 0.5
-    with pytest.raises(ValueError):
-        pair_accuracy([1.0], [0.0, 1.0])
-    with pytest.raises(ValueError):
-        pair_accuracy([], [])
+def test_table3_row_comes_from_the_set_marked_rewardbench_whatever_its_name():
+    from rmlab.evaluation import EvalSet, heldout_set, set_reports, table3_row, table3_set
+    from rmlab.data.formats import RowStats
 
-
-def test_accuracy_and_counts_by_subset():
-    chosen = [2.0, 1.0, 0.0, 3.0, 3.0, 1.0]
-    rejected = [1.0, 1.0, 1.0, 2.0, 3.0, 0.0]
-    subsets = ["a", "a", "a", "b", "b", "c"]
-    # a: correct, tie, wrong -> 1/3; b: correct, tie -> 1/2; c: correct -> 1
-    assert accuracy_by_subset(chosen, rejected, subsets) == pytest.approx({"a": 1 / 3, "b": 1 / 2, "c": 1.0})
-    assert counts_by_subset(subsets) == {"a": 3, "b": 2, "c": 1}
-    with pytest.raises(ValueError):
-        accuracy_by_subset(chosen, rejected, subsets[:-1])
-
-
-# --------------------------------------------------------------------------- sections
-
-
-SUBSET_ACC = {
-    # Chat: all five present
-    "alpacaeval-easy": 1.0,
-    "alpacaeval-length": 0.8,
-    "alpacaeval-hard": 0.6,
-    "mt-bench-easy": 0.5,
-    "mt-bench-med": 0.25,
-    # Chat Hard: only two of six present
-    "mt-bench-hard": 0.0,
-    "llmbar-natural": 0.5,
-    # Safety: none present -> omitted
-    # Reasoning: math-prm plus the six hep subsets
-    "math-prm": 0.9,
-    "hep-cpp": 1.0,
-    "hep-go": 0.5,
-    "hep-java": 0.5,
-    "hep-js": 0.5,
-    "hep-python": 0.5,
-    "hep-rust": 0.0,
-    # not in any section -> ignored
-    "anthropic_helpful": 0.1,
-}
-
-# Hand arithmetic:
-# Chat      = (100*1.0 + 95*0.8 + 95*0.6 + 28*0.5 + 40*0.25) / (100+95+95+28+40) = 257 / 358
-# Chat Hard = (37*0.0 + 100*0.5) / (37+100) = 50 / 137
-# Reasoning = (984*0.9 + 164*(1.0+0.5+0.5+0.5+0.5+0.0)) / (984 + 6*164) = 1377.6 / 1968 = 0.7
-#           = (math-prm + mean(hep)) / 2 = (0.9 + 0.5) / 2
-EXPECTED_CHAT = 257 / 358
-EXPECTED_CHAT_HARD = 50 / 137
-EXPECTED_REASONING = 0.7
-
-
-def test_section_scores_hand_computed():
-    scores = section_scores(SUBSET_ACC)
-    assert list(scores) == ["Chat", "Chat Hard", "Reasoning"]
-    assert scores["Chat"] == pytest.approx(EXPECTED_CHAT)
-    assert scores["Chat Hard"] == pytest.approx(EXPECTED_CHAT_HARD)
-    assert scores["Reasoning"] == pytest.approx(EXPECTED_REASONING)
-
-
-def test_missing_sections_are_omitted_not_zero():
-    scores = section_scores(SUBSET_ACC)
-    assert "Safety" not in scores
-    assert section_scores({}) == {}
-    assert section_scores({"unknown-subset": 1.0}) == {}
-
-
-def test_reasoning_is_mean_of_math_and_code():
-    acc = {"math-prm": 0.2, **{s: v for s, v in zip(HEP, [0.9, 0.8, 0.7, 0.6, 0.5, 0.4])}}
-    code_mean = (0.9 + 0.8 + 0.7 + 0.6 + 0.5 + 0.4) / 6
-    assert section_scores(acc)["Reasoning"] == pytest.approx((0.2 + code_mean) / 2)
-    # With the actual 447 math rows the result would differ (math under-weighted).
-    unweighted = (447 * 0.2 + 164 * 6 * code_mean) / (447 + 6 * 164)
-    assert section_scores(acc)["Reasoning"] != pytest.approx(unweighted)
-
-
-def test_overall_score():
-    sections = section_scores(SUBSET_ACC)
-    expected = (257 / 358 + 50 / 137 + 0.7) / 3
-    assert overall_score(sections) == pytest.approx(expected)
-    assert overall_score({"Chat": 1.0, "Chat Hard": 0.5, "Safety": 0.25, "Reasoning": 0.25}) == pytest.approx(0.5)
-    with pytest.raises(ValueError):
-        overall_score({})
-
-
-# --------------------------------------------------------------------------- custom data
-
-
-def test_custom_mapping_with_observed_counts():
-    mapping = {"Chat": ["a", "b"], "Safety": ["c"], "Reasoning": ["d"]}
-    acc = {"a": 1.0, "b": 0.0, "c": 0.4}
-    # a has 3 rows, b has 1 -> Chat = (3*1.0 + 1*0.0) / 4 = 0.75; Reasoning has no data -> omitted
-    scores = section_scores(acc, example_counts={}, subset_mapping=mapping, observed_counts={"a": 3, "b": 1, "c": 5})
-    assert scores == pytest.approx({"Chat": 0.75, "Safety": 0.4})
-    # Fixed example_counts take precedence over observed counts: (1*1.0 + 1*0.0) / 2
-    scores = section_scores(acc, {"a": 1, "b": 1}, mapping, observed_counts={"a": 3, "b": 1, "c": 5})
-    assert scores["Chat"] == pytest.approx(0.5)
-
-
-def test_custom_mapping_missing_count_raises():
-    with pytest.raises(KeyError):
-        section_scores({"a": 1.0}, example_counts={}, subset_mapping={"Chat": ["a"]})
-
-
-def test_report_on_rmlab_categories():
-    #          chat       chat_hard        safety   (no reasoning rows)
-    chosen = [1.0, 1.0, 0.0, 0.3, 0.3, 0.3, 2.0]
-    rejected = [0.0, 0.0, 1.0, 0.3, 0.1, 0.9, 1.0]
-    subsets = ["chat", "chat", "chat", "chat_hard", "chat_hard", "chat_hard", "safety"]
-    # chat 2/3; chat_hard: tie, correct, wrong -> 1/3; safety 1/1
-    result = evaluation_report(chosen, rejected, subsets, example_counts={}, subset_mapping=RMLAB_SUBSET_MAPPING)
-    assert result["sections"] == pytest.approx({"Chat": 2 / 3, "Chat Hard": 1 / 3, "Safety": 1.0})
-    assert result["Avg"] == pytest.approx((2 / 3 + 1 / 3 + 1.0) / 3)
-    assert result["accuracy"] == pytest.approx(4 / 7)
-    assert result["subset_counts"] == {"chat": 3, "chat_hard": 3, "safety": 1}
-    assert "Reasoning" not in result["sections"]
-    assert "sections" not in evaluation_report(chosen, rejected, subsets, subset_mapping=None)
-
-
-def test_report_rewardbench_defaults():
-    chosen = [1.0] * 3 + [0.0] + [1.0, 0.0]
-    rejected = [0.0] * 6
-    subsets = ["math-prm", "math-prm", "math-prm", "math-prm", "hep-go", "hep-go"]
-    # math-prm 3/4 (one tie), hep-go 1/2 -> (984*0.75 + 164*0.5) / (984+164) = 820 / 1148
-    result = evaluation_report(chosen, rejected, subsets)
-    assert result["sections"] == pytest.approx({"Reasoning": 820 / 1148})
-    assert result["Avg"] == pytest.approx(820 / 1148)
+    heldout = heldout_set(pairs_of("chat", "chat"), {"Chat": ["chat"]}, RowStats())
+    marked = EvalSet("rb_filtered", pairs_of("alpacaeval-easy", "hep-go", "xstest-should-respond", truncated=1),
+                     rewardbench=True)
+    other = EvalSet("rewardbench", pairs_of("x", "y"))  # named so, but not marked: not Table 3's source
+    rewards = {"heldout": ([1.0, 1.0], [0.0, 0.0]), "rb_filtered": ([1.0, 0.0, 1.0], [0.0, 1.0, 0.0]),
+               "rewardbench": ([0.0, 0.0], [1.0, 1.0])}
+    reports = set_reports([heldout, marked, other], rewards)
+    assert table3_set([heldout, other, marked]) == "rb_filtered" and table3_set([heldout, other]) == "heldout"
+    row = table3_row(reports, "rb_filtered")
+    assert row == {"Avg": pytest.approx((1.0 + 0.0 + 1.0) / 3), "Chat": 1.0, "Safety": 1.0, "Reasoning": 0.0}
+    assert reports["rb_filtered"]["truncated_pairs"] == 1 and reports["heldout"]["truncated_pairs"] == 0
+    assert "sections" not in reports["rewardbench"] and table3_row(reports, "rewardbench") == {}
+    assert reports["rb_filtered"]["subset_weights"] == {"alpacaeval-easy": 100, "xstest-should-respond": 250,
+                                                         "hep-go": 164}
+    assert math.isclose(reports["heldout"]["Avg"], 1.0)

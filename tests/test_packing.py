@@ -370,8 +370,9 @@ def test_cache_hit_equals_fresh_tokenization(tiny_tokenizer, cache_dir):
     pairs = make_pairs(40, long_every=7)  # some responses do not fit: bad rows are cached too
     fresh = datamodule(pair_tokenizer, pairs, False)
     fresh.setup()
-    assert fresh.tokenized_cache_hit is None and fresh.stats.skipped["response_too_long"] == 6
-    assert len(fresh.train_pairs) + len(fresh.heldout_pairs) == 34 and fresh.heldout_pairs
+    truncated = sum(p.truncated for p in fresh.heldout_pairs)  # too long: dropped from training, truncated if held out
+    assert fresh.tokenized_cache_hit is None and fresh.stats.skipped["response_too_long"] + truncated == 6
+    assert len(fresh.train_pairs) + len(fresh.heldout_pairs) == 34 + truncated and fresh.heldout_pairs
     first = datamodule(pair_tokenizer, pairs, cache_dir)
     first.setup()
     assert first.tokenized_cache_hit is False and len(list(cache_dir.glob("*.pkl"))) == 1

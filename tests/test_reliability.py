@@ -335,6 +335,22 @@ def test_resume_from_a_missing_checkpoint_fails_clearly(resume_variants):
     assert not (resume_variants["missing"].parent.parent / "missing" / "run" / "metrics.json").exists()
 
 
+def test_resume_auto_skips_a_dangling_last_link(tmp_path):
+    """A kill between removing the old checkpoint and relinking leaves last.ckpt pointing nowhere: resume takes
+    the newest checkpoint that exists (a file, or a DeepSpeed checkpoint directory)."""
+    from rmlab.train import resume_checkpoint
+
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    (checkpoints / "last.ckpt").symlink_to(checkpoints / "step9.ckpt")  # removed already
+    older, newer = checkpoints / "step3.ckpt", checkpoints / "step6.ckpt"
+    older.write_bytes(b"old")
+    newer.mkdir()
+    os.utime(older, (1, 1))
+    assert resume_checkpoint("auto", tmp_path) == str(newer)
+    assert resume_checkpoint("auto", tmp_path / "elsewhere") is None
+
+
 def test_resume_loads_checkpoints_with_weights_only(resume_variants):
     """``trainer.fit(..., weights_only=True)``: a checkpoint that carries a pickled call is refused, and the call
     never runs (the SIGKILL tests show that rmlab's own checkpoints do load that way)."""

@@ -52,39 +52,78 @@ def test_deepspeed_options_build_their_config_dict(option, stage, offload_opt, o
     cfg = compose_config(f"strategy={option}", "trainer=gpu", "trainer.devices=8", "data.global_batch_size=128",
                          "data.batch_size=2", "trainer.gradient_clip_val=1.0")
     validate(cfg)
-    ds = deepspeed_config(cfg.strategy, 2, 8, 8, cfg.trainer.precision, 1.0)
+    ds = deepspeed_config(cfg.strategy, 2)
     zero = ds["zero_optimization"]
     assert zero["stage"] == stage
     assert ("offload_optimizer" in zero) == offload_opt and ("offload_param" in zero) == offload_param
-    assert ds["train_batch_size"] == 128 == ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * 8
-    assert ds["bf16"]["enabled"] and not ds["fp16"]["enabled"] and ds["gradient_clipping"] == 1.0
+    assert ds["train_micro_batch_size_per_gpu"] == 2
+    # Lightning fills these from the Trainer and refuses a dict that sets gradient_accumulation_steps
+    assert not {"gradient_accumulation_steps", "train_batch_size", "gradient_clipping", "bf16", "fp16"} & set(ds)
     assert zero["reduce_bucket_size"] == cfg.strategy.reduce_bucket_size
     assert ("stage3_prefetch_bucket_size" in zero) == (stage == 3)
     json.dumps(ds)  # the dict is saved as deepspeed_config.json
 
 
 @pytest.mark.skipif(not HAS_DEEPSPEED, reason="deepspeed extra not installed")
-def test_lightning_deepspeed_strategy_takes_the_dict():
+def test_lightning_deepspeed_strategy_completes_the_dict_from_the_trainer():
+    """Lightning's own formatting step accepts rmlab's dict and adds accumulation, clipping and precision."""
+    from unittest.mock import MagicMock
+
     cfg = compose_config("strategy=deepspeed_zero3", "trainer=gpu")
-    ds = deepspeed_config(cfg.strategy, 2, 1, 1, "bf16-mixed", None)
-    strategy = build_strategy(cfg.strategy, ds)
-    assert type(strategy).__name__ == "DeepSpeedStrategy" and strategy.config == ds
+    strategy = build_strategy(cfg.strategy, "gpu", 2)
+    assert type(strategy).__name__ == "DeepSpeedStrategy"
+    trainer = MagicMock(accumulate_grad_batches=8, gradient_clip_val=1.0)
+    strategy._lightning_module = MagicMock(trainer=trainer)
+    strategy._precision_plugin = MagicMock(precision="bf16-mixed")
+    strategy._format_config()
+    assert strategy.config["gradient_accumulation_steps"] == 8 and strategy.config["gradient_clipping"] == 1.0
+    assert strategy.config["bf16"] == {"enabled": True} and strategy.config["train_micro_batch_size_per_gpu"] == 2
+
+
+def test_strategy_options_carry_only_their_own_fields():
+    assert set(compose_config("strategy=ddp").strategy) == {"name", "process_group_backend", "find_unused_parameters"}
+    assert set(compose_config().strategy) == {"name"}
+    assert "stage" in compose_config("strategy=deepspeed_zero2", "trainer=gpu").strategy
+    with pytest.raises(Exception, match="stage"):
+        compose_config("strategy=ddp", "strategy.stage=3")
 
 
 def test_ddp_and_auto_strategies_build():
-    assert build_strategy(compose_config().strategy, None) == "auto"
-    ddp = build_strategy(compose_config("strategy=ddp").strategy, None)
+    assert build_strategy(compose_config().strategy, "cpu", 8) == "auto"
+    ddp = build_strategy(compose_config("strategy=ddp").strategy, "cpu", 8)
     assert type(ddp).__name__ == "DDPStrategy"
 
 
 def test_cuda_only_strategies_are_refused_on_cpu_with_the_alternative():
-    with pytest.raises(ConfigError, match="strategy=ddp on CPU"):
+    with pytest.raises(ConfigError, match="strategy=ddp"):
         validate(compose_config("strategy=deepspeed_zero2"))
-    with pytest.raises(ValueError, match="this machine has none.*strategy=ddp"):
-        check_hardware("deepspeed", "gpu", cuda_available=False)
-    check_hardware("ddp", "cpu", cuda_available=False)
+    deepspeed = compose_config("strategy=deepspeed_zero2", "trainer=gpu").strategy
+    with pytest.raises(ValueError, match="this machine has none.*strategy=ddp.*strategy.allow_cpu=true"):
+        check_hardware(deepspeed, "gpu", cuda_available=False)
+    check_hardware(compose_config("strategy=ddp").strategy, "cpu", cuda_available=False)
+    validate(compose_config("strategy=deepspeed_zero3", "strategy.allow_cpu=true"))  # development on CPU: allowed
+    with pytest.raises(ConfigError, match="FSDP needs CUDA"):
+        validate(compose_config("strategy=fsdp"))
     with pytest.raises(ConfigError, match="strategy.offload_parameters"):
         validate(compose_config("strategy=deepspeed_zero2", "trainer=gpu", "strategy.offload_parameters=true"))
+
+
+@pytest.mark.parametrize("strategy", ["auto", "ddp", "fsdp"])
+def test_16_bit_weights_are_refused_without_a_master_copy(strategy):
+    """AdamW would update bf16 weights in place: updates below their resolution vanish (no fp32 master copy)."""
+    import torch
+
+    weight = torch.nn.Parameter(torch.full((4,), 0.02, dtype=torch.bfloat16))
+    optimizer = torch.optim.AdamW([weight], lr=2e-6, weight_decay=0.0)
+    for _ in range(100):
+        weight.grad = torch.ones_like(weight)
+        optimizer.step()
+    assert torch.equal(weight.detach(), torch.full((4,), 0.02, dtype=torch.bfloat16))  # 100 steps changed nothing
+    overrides = [f"strategy={strategy}", "model=hf", "model.name_or_path=x", "model.dtype=bfloat16"]
+    with pytest.raises(ConfigError, match="model.dtype.*no fp32 master copy.*bf16-mixed"):
+        validate(compose_config(*overrides, *(["trainer=gpu"] if strategy == "fsdp" else [])))
+    validate(compose_config(*overrides[1:], "strategy=deepspeed_zero3", "trainer=gpu"))  # DeepSpeed keeps fp32 masters
+    validate(compose_config(*overrides[:-1], "trainer=gpu"))  # fp32 weights + bf16-mixed
 
 
 @pytest.mark.parametrize("preset,expected_billions", [("gemma2_27b", 27.2), ("llama3_1_8b", 7.50)])

@@ -175,7 +175,7 @@ def run_rmlab(spec: dict[str, Any], packing: str = "auto") -> dict[str, Any]:
             self.end = time.perf_counter()
 
     timer = LoopTimer()
-    trainer, _ = build_trainer(cfg, False, [timer], output_dir)
+    trainer = build_trainer(cfg, False, [timer], output_dir)
     bundle = build_reward_model(**OmegaConf.to_container(cfg.model, resolve=True))
     pair_tokenizer = PairTokenizer(bundle.tokenizer, bundle.chat_template, cfg.data.max_length)
     stats = RowStats(rows_read=len(pairs), rows_used=len(pairs))

@@ -48,22 +48,30 @@ def heldout_bucket(pair: PreferencePair) -> float:
     return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / 2**64
 
 
-def split_pairs(pairs: Sequence[PreferencePair], val_fraction: float) -> tuple[list, list]:
+def split_indices(pairs: Sequence[PreferencePair], val_fraction: float) -> tuple[list[int], list[int]]:
     """Deterministic train/held-out split by a hash of the prompt (pairs sharing a prompt stay together)."""
     train, heldout = [], []
-    for pair in pairs:
-        (heldout if heldout_bucket(pair) < val_fraction else train).append(pair)
+    for index, pair in enumerate(pairs):
+        (heldout if heldout_bucket(pair) < val_fraction else train).append(index)
     return train, heldout
 
 
+def split_pairs(pairs: Sequence[PreferencePair], val_fraction: float) -> tuple[list, list]:
+    """The pairs of :func:`split_indices`: (train, held-out)."""
+    return tuple([pairs[i] for i in side] for side in split_indices(pairs, val_fraction))  # type: ignore[return-value]
+
+
 def tokenize_pairs(pairs: Sequence[PreferencePair], pair_tokenizer: PairTokenizer, stats: RowStats,
-                   on_bad_row: str = "skip", results: Optional[Sequence[TokenizedPair | BadRow]] = None
-                   ) -> list[TokenizedPair]:
-    """Tokenized pairs, bad ones counted in ``stats`` (or raised); ``results`` are precomputed ones."""
+                   on_bad_row: str = "skip", results: Optional[Sequence[TokenizedPair | BadRow]] = None,
+                   truncate_responses: bool = False) -> list[TokenizedPair]:
+    """Tokenized pairs, bad ones counted in ``stats`` (or raised); ``results`` are precomputed ones (training
+    mode). ``truncate_responses`` (evaluation): a response too long for ``max_length`` is truncated, not dropped."""
     tokenized = []
     for index, pair in enumerate(pairs):
         try:
             result = tokenize_one(pair_tokenizer, pair) if results is None else results[index]
+            if isinstance(result, BadRow) and result.reason == "response_too_long" and truncate_responses:
+                result = pair_tokenizer(pair, truncate_responses=True)
             if isinstance(result, BadRow):
                 raise result
             tokenized.append(result)
@@ -306,11 +314,11 @@ class PreferenceDataModule(pl.LightningDataModule):
         results, self.tokenized_cache_hit = tokenize_all(pairs, self.pair_tokenizer, self.cache_dir)
         if self.tokenized_cache_hit and (self.trainer is None or self.trainer.is_global_zero):
             print(f"rmlab: {len(pairs)} pairs tokenized earlier, read from the cache in {self.cache_dir}")
-        heldout = [heldout_bucket(pair) < self.val_fraction for pair in pairs]  # as split_pairs
-        for side, name in ((False, "train_pairs"), (True, "heldout_pairs")):
-            chosen = [index for index, flag in enumerate(heldout) if flag == side]
-            setattr(self, name, tokenize_pairs([pairs[i] for i in chosen], self.pair_tokenizer, self.stats,
-                                               self.on_bad_row, [results[i] for i in chosen]))
+        train, heldout = split_indices(pairs, self.val_fraction)
+        self.train_pairs = tokenize_pairs([pairs[i] for i in train], self.pair_tokenizer, self.stats,
+                                          self.on_bad_row, [results[i] for i in train])
+        self.heldout_pairs = tokenize_pairs([pairs[i] for i in heldout], self.pair_tokenizer, self.stats,
+                                            self.on_bad_row, [results[i] for i in heldout], truncate_responses=True)
         if not self.train_pairs:
             raise DataError(f"no training pairs left after filtering ({self.stats.as_dict()}). Fix: check "
                             "data.source and data.layout, or raise data.max_length.")

@@ -9,11 +9,11 @@ of the rendered text (what ``apply_chat_template(tokenize=True)`` does) gives th
 
 **Truncation** (``max_length``). The response is the part of a sequence after the prompt turns
 (the longest token prefix that chosen, rejected and the rendered prompt turns, with the
-template's generation prompt, share). A pair
-whose longer response, plus the leading special
-token, does not fit is dropped and counted as ``response_too_long``. Otherwise each sequence
-longer than ``max_length`` loses tokens from the start of the conversation (after the leading
-BOS/CLS), so the most recent turns and the whole response are kept.
+template's generation prompt, share). Each sequence longer than ``max_length`` loses tokens from the
+start of the conversation (after the leading BOS/CLS), so the most recent turns and the whole response
+are kept. A pair whose longer response, plus the leading special token, does not fit is dropped from
+training and counted as ``response_too_long``; evaluation never drops a pair: it cuts such a pair the
+same way, into the response (the response's end and the reward token stay), and counts it as truncated.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ class TokenizedPair:
     rejected_ids: list[int]
     subset: str
     margin: Optional[float] = None
+    truncated: bool = False  # evaluation only: the response did not fit max_length and lost its start
 
     @property
     def num_tokens(self) -> int:
@@ -82,7 +83,10 @@ class PairTokenizer:
             raise BadRow("template_error", "the rendered conversation does not end with the EOS token")
         return ids
 
-    def __call__(self, pair: PreferencePair) -> TokenizedPair:
+    def __call__(self, pair: PreferencePair, truncate_responses: bool = False) -> TokenizedPair:
+        """The pair's ids; a response too long for ``max_length`` raises ``BadRow("response_too_long")``,
+        or, with ``truncate_responses`` (evaluation, which never drops a pair), is cut like the rest of
+        the conversation (its start goes, the end and the reward token stay) and marked ``truncated``."""
         try:
             chosen, rejected = self.encode(pair.chosen), self.encode(pair.rejected)
             prompt = self.render_ids(pair.prompt, add_generation_prompt=True)
@@ -91,8 +95,15 @@ class PairTokenizer:
         except Exception as err:  # e.g. a template that rejects this role order
             raise BadRow("template_error", str(err)[:200]) from err
         prompt_length = min(shared_prefix_length(chosen, rejected), shared_prefix_length(chosen, prompt))
-        chosen, rejected = truncate_pair(chosen, rejected, self.max_length, self.start_token_id, prompt_length)
-        return TokenizedPair(chosen, rejected, pair.subset, pair.margin)
+        try:
+            kept = truncate_pair(chosen, rejected, self.max_length, self.start_token_id, prompt_length)
+        except BadRow:
+            if not truncate_responses:
+                raise
+            kept = truncate_pair(chosen, rejected, self.max_length, self.start_token_id, prompt_length,
+                                 keep_long_responses=True)
+            return TokenizedPair(*kept, pair.subset, pair.margin, truncated=True)
+        return TokenizedPair(*kept, pair.subset, pair.margin)
 
 
 def shared_prefix_length(first: Sequence[int], second: Sequence[int]) -> int:
@@ -105,8 +116,9 @@ def shared_prefix_length(first: Sequence[int], second: Sequence[int]) -> int:
 
 
 def truncate_pair(chosen: list[int], rejected: list[int], max_length: int, start_token_id: Optional[int],
-                  prompt_length: Optional[int] = None) -> tuple[list[int], list[int]]:
-    """Apply the module's truncation policy; raise ``BadRow("response_too_long")`` when it cannot.
+                  prompt_length: Optional[int] = None, keep_long_responses: bool = False) -> tuple[list[int], list[int]]:
+    """Apply the module's truncation policy; raise ``BadRow("response_too_long")`` when it cannot, unless
+    ``keep_long_responses``: then the cut goes on into the response (its end and the reward token stay).
 
     ``prompt_length`` (tokens of the prompt turns) defaults to the prefix chosen and rejected share.
     """
@@ -115,7 +127,7 @@ def truncate_pair(chosen: list[int], rejected: list[int], max_length: int, start
         prompt_length = shared_prefix_length(chosen, rejected)
     prompt_length = min(prompt_length, len(chosen) - 1, len(rejected) - 1)
     longest_response = max(len(chosen), len(rejected)) - prompt_length
-    if keep + longest_response > max_length:
+    if keep + longest_response > max_length and not keep_long_responses:
         raise BadRow("response_too_long",
                      f"a response of {longest_response} tokens does not fit max_length={max_length}")
 

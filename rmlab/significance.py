@@ -1,0 +1,325 @@
+"""Which Table 3 differences between losses are real: a paired bootstrap over held-out pairs AND seeds.
+
+Every loss of a sweep is scored on the same evaluation pairs (``rewards/<set>.jsonl``: one line per pair, same
+order in every job) with the same seeds, so a row (loss) is compared with the baseline row PAIRED.
+
+Data. A job's per-pair result is ``correct = chosen > rejected`` strictly (ties and NaN wrong), read from
+``rewards/<set>.jsonl``, where ``<set>`` is ``metrics.json``'s ``run.table3_set`` ("heldout" when absent), with
+``eval[<set>].section_mapping`` ({section: [subset, ...]}) and ``eval[<set>].subset_weights`` ({subset: weight}).
+Two rows are compared on the seeds both have a finished job for. Every job involved must hold per-pair data
+("no per-pair data" otherwise: older runs lack the mapping/weights, nothing is guessed) for the same set with
+the same length and subset sequence ("not paired (different pairs)" otherwise) and the same mapping/weights.
+
+Scores, as :mod:`rmlab.rewardbench` computes them per job: subset accuracy = fraction correct; section =
+weighted mean of the accuracies of its subsets present, with ``subset_weights``; Avg = plain mean of the
+sections present. A row's score is the mean over seeds.
+
+Estimate: row − baseline on the original data (means over the shared seeds).
+
+Bootstrap replicate (``samples`` of them): draw S seeds with replacement from the S shared seeds, and for every
+subset draw n_k pair positions with replacement from that subset's n_k positions (stratified: subset sizes,
+hence section weights, stay fixed). The SAME drawn seeds and pair positions apply to both rows, and the same
+drawn pairs to every seed (the pairs are the same items in every job). Each row's per-seed scores are computed
+on the drawn pairs as above, averaged over the drawn seeds (a seed drawn twice counts twice); the replicate
+value is row − baseline. Interval: percentiles 2.5 and 97.5 of the replicate values (numpy's default linear
+interpolation). Draws come from ``numpy.random.default_rng(seed)`` created afresh for each comparison, so the
+result is deterministic and independent of which other rows exist. Significant: the interval excludes 0 (by
+more than 1e-12, float noise).
+
+Pure numpy + stdlib (no torch/Lightning); scores are fractions, cells print percentage points (pp).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+
+from rmlab.rewardbench import SECTIONS
+
+COLUMNS: tuple[str, ...] = ("Avg", *SECTIONS)
+DEFAULT_SET = "heldout"
+DEFAULT_SAMPLES = 2000
+DEFAULT_SEED = 0
+EPS = 1e-12  # |bound| below this counts as 0 (float noise), for significance only
+CSV_STATS: tuple[str, ...] = ("diff pp", "ci low pp", "ci high pp", "significant")
+CSV_HEADER: tuple[str, ...] = (*(f"{c} {s}" for c in COLUMNS for s in CSV_STATS), "paired seeds", "paired note")
+DIFFERENCE_HEADER: tuple[str, ...] = ("loss", *COLUMNS, "paired seeds", "note")  # markdown / printed table
+
+Sections = Mapping[str, Sequence[tuple[str, float]]]  # section -> [(subset, weight)] of the present subsets
+
+
+@dataclass(frozen=True, eq=False)
+class PairData:
+    """One job's per-pair results on the set that gave its Table 3 row."""
+
+    set_name: str
+    subsets: tuple[str, ...]          # subset of each pair, in file order
+    correct: np.ndarray               # bool (n_pairs,): chosen > rejected strictly
+    section_mapping: dict[str, tuple[str, ...]]
+    subset_weights: dict[str, float]
+
+
+def load_pair_data(job_dir: Path, metrics: Mapping[str, Any]) -> Union[PairData, str]:
+    """A finished job's per-pair data, or the reason there is none ("no per-pair data: ...")."""
+    try:
+        name = str((metrics.get("run") or {}).get("table3_set") or DEFAULT_SET)
+        report = (metrics.get("eval") or {}).get(name) or {}
+        mapping, weights = report.get("section_mapping"), report.get("subset_weights")
+    except (AttributeError, TypeError) as error:
+        return f"no per-pair data: unreadable metrics.json ({error})"
+    if not isinstance(mapping, Mapping) or not isinstance(weights, Mapping) or not mapping or not weights:
+        return f"no per-pair data: metrics.json eval.{name} has no section_mapping/subset_weights"
+    path = job_dir / "rewards" / f"{name}.jsonl"
+    if not path.is_file():
+        return f"no per-pair data: no rewards/{name}.jsonl"
+    try:
+        lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        subsets = tuple(str(line["subset"]) for line in lines)
+        correct = np.array([float(line["chosen"]) > float(line["rejected"]) for line in lines], dtype=bool)
+        mapping = {str(section): tuple(map(str, members)) for section, members in mapping.items()}
+        weights = {str(subset): float(weight) for subset, weight in weights.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        return f"no per-pair data: unreadable rewards/{name}.jsonl or weights ({type(error).__name__}: {error})"
+    if not lines:
+        return f"no per-pair data: rewards/{name}.jsonl is empty"
+    present = set(subsets)
+    if unweighted := sorted({s for members in mapping.values() for s in members if s in present} - set(weights)):
+        return f"no per-pair data: no subset weight for {', '.join(unweighted)}"
+    return PairData(name, subsets, correct, mapping, weights)
+
+
+def subset_positions(subsets: Sequence[str]) -> dict[str, np.ndarray]:
+    """Positions of each subset's pairs, subsets in first-seen order."""
+    positions: dict[str, list[int]] = {}
+    for index, name in enumerate(subsets):
+        positions.setdefault(name, []).append(index)
+    return {name: np.asarray(indices, dtype=np.intp) for name, indices in positions.items()}
+
+
+def section_layout(mapping: Mapping[str, Sequence[str]], weights: Mapping[str, float],
+                   present: Sequence[str]) -> dict[str, list[tuple[str, float]]]:
+    """Section -> [(subset, weight)] of its present subsets; sections with none (or zero weight) are left out."""
+    layout: dict[str, list[tuple[str, float]]] = {}
+    for section, members in mapping.items():
+        parts = [(name, float(weights[name])) for name in members if name in present]
+        if parts and sum(weight for _, weight in parts) > 0:
+            layout[section] = parts
+    return layout
+
+
+@dataclass(frozen=True, eq=False)
+class Plan:
+    """Resampling of R replicates: drawn seed indices and drawn pair positions per subset."""
+
+    seeds: np.ndarray              # (R, S) indices into the shared seeds
+    pairs: dict[str, np.ndarray]   # subset -> (R, n_k) positions into the pair list (all within that subset)
+
+
+def draw_plan(n_seeds: int, positions: Mapping[str, np.ndarray], samples: int, seed: int) -> Plan:
+    """``samples`` replicates: seeds with replacement, pairs with replacement within each subset."""
+    rng = np.random.default_rng(seed)
+    seeds = rng.integers(0, n_seeds, size=(samples, n_seeds))
+    pairs = {name: pos[rng.integers(0, len(pos), size=(samples, len(pos)))] for name, pos in positions.items()}
+    return Plan(seeds, pairs)
+
+
+def identity_plan(n_seeds: int, positions: Mapping[str, np.ndarray]) -> Plan:
+    """The original data as a single replicate: every seed once, every pair once."""
+    return Plan(np.arange(n_seeds)[None, :], {name: pos[None, :] for name, pos in positions.items()})
+
+
+def column_scores(correct: np.ndarray, sections: Sections, plan: Plan) -> dict[str, np.ndarray]:
+    """Per replicate (shape (R,)): Avg and each section, the mean over the drawn seeds of each seed's score.
+
+    ``correct`` is (S, n_pairs) bool, one row per shared seed. Per seed and replicate, as rmlab scores a job:
+    subset accuracy = drawn correct / n_k; section = sum(acc * w) / sum(w); Avg = mean of the sections.
+    """
+    accuracy: dict[str, np.ndarray] = {}  # subset -> (S, R)
+    for name in dict.fromkeys(subset for parts in sections.values() for subset, _ in parts):
+        drawn = plan.pairs[name]
+        accuracy[name] = np.count_nonzero(correct[:, drawn], axis=2) / drawn.shape[1]
+    per_seed: dict[str, np.ndarray] = {}  # column -> (S, R)
+    for section, parts in sections.items():
+        weighted, total = 0.0, 0.0
+        for name, weight in parts:
+            weighted, total = weighted + accuracy[name] * weight, total + weight
+        per_seed[section] = weighted / total
+    if per_seed:
+        per_seed = {"Avg": sum(per_seed.values()) / len(per_seed), **per_seed}
+    return {column: np.take_along_axis(values.T, plan.seeds, axis=1).mean(axis=1)
+            for column, values in per_seed.items() if column in COLUMNS}
+
+
+@dataclass(frozen=True)
+class Difference:
+    """Row − baseline (fractions) with its 95% paired-bootstrap interval."""
+
+    estimate: float
+    low: float
+    high: float
+
+    @property
+    def significant(self) -> bool:
+        return self.low > EPS or self.high < -EPS
+
+    def cell(self) -> str:
+        """``+2.7 [+0.4, +5.1]*`` in percentage points; ``*`` when the interval excludes 0."""
+        return f"{100 * self.estimate:+.1f} [{100 * self.low:+.1f}, {100 * self.high:+.1f}]" + \
+            ("*" if self.significant else "")
+
+
+def paired_bootstrap(row: np.ndarray, base: np.ndarray, subsets: Sequence[str], sections: Sections,
+                     samples: int = DEFAULT_SAMPLES, seed: int = DEFAULT_SEED) -> dict[str, Difference]:
+    """Row − baseline per column (COLUMNS order) from (S, n_pairs) bool arrays whose seeds correspond."""
+    if row.shape != base.shape or row.shape[1] != len(subsets):
+        raise ValueError(f"unpaired arrays: {row.shape} vs {base.shape} for {len(subsets)} pairs")
+    positions = subset_positions(subsets)
+    point = identity_plan(row.shape[0], positions)
+    estimate = {c: float(v[0] - column_scores(base, sections, point)[c][0])
+                for c, v in column_scores(row, sections, point).items()}
+    plan = draw_plan(row.shape[0], positions, samples, seed)
+    base_scores = column_scores(base, sections, plan)
+    differences = {}
+    for column, values in column_scores(row, sections, plan).items():
+        low, high = np.percentile(values - base_scores[column], [2.5, 97.5])
+        differences[column] = Difference(estimate[column], float(low), float(high))
+    return {column: differences[column] for column in COLUMNS if column in differences}
+
+
+@dataclass
+class Comparison:
+    """One row against the baseline: differences per column, or the reason there are none."""
+
+    seeds: tuple[str, ...] = ()
+    differences: dict[str, Difference] = field(default_factory=dict)
+    reason: str = ""   # short cell text when there are no numbers ("no shared seeds", ...)
+    detail: str = ""   # longer note (which job, which seeds)
+
+    def cell(self, column: str) -> str:
+        if column in self.differences:
+            return self.differences[column].cell()
+        return self.reason or "n/a"
+
+    @property
+    def note(self) -> str:
+        return "; ".join(text for text in (self.reason if not self.differences else "", self.detail) if text)
+
+    def csv_cells(self) -> list[str]:
+        """Values for CSV_HEADER: per column diff, ci low, ci high (pp, 4 decimals), significant; seeds; note."""
+        cells: list[str] = []
+        for column in COLUMNS:
+            d = self.differences.get(column)
+            cells += [f"{100 * d.estimate:.4f}", f"{100 * d.low:.4f}", f"{100 * d.high:.4f}", str(d.significant)] \
+                if d else [""] * len(CSV_STATS)
+        return [*cells, ",".join(self.seeds), self.note]
+
+
+def _seed_key(seed: str) -> tuple[int, float, str]:
+    try:
+        return 0, float(seed), ""
+    except ValueError:
+        return 1, 0.0, seed
+
+
+def compare(row: Mapping[str, Union[PairData, str]], base: Mapping[str, Union[PairData, str]],
+            samples: int = DEFAULT_SAMPLES, seed: int = DEFAULT_SEED) -> Comparison:
+    """Compare two rows given as {seed: per-pair data or reason} of their finished jobs, on the shared seeds."""
+    shared = tuple(sorted(set(row) & set(base), key=_seed_key))
+    seeds = [",".join(sorted(side, key=_seed_key)) or "none" for side in (row, base)]
+    detail = f"finished seeds: row {seeds[0]}, baseline {seeds[1]}" if set(row) != set(base) else ""
+    if not shared:
+        return Comparison(shared, reason="no shared seeds", detail=detail)
+    jobs = [row[s] for s in shared] + [base[s] for s in shared]
+    if reasons := list(dict.fromkeys(job for job in jobs if isinstance(job, str))):
+        more = f" (and {len(reasons) - 1} more jobs)" if len(reasons) > 1 else ""
+        return Comparison(shared, reason="no per-pair data",
+                          detail="; ".join(filter(None, [reasons[0] + more, detail])))
+    data = [job for job in jobs if isinstance(job, PairData)]  # all of them now
+    first = data[0]
+    if any(job.set_name != first.set_name or job.subsets != first.subsets for job in data):
+        sizes = sorted({f"{job.set_name}: {len(job.subsets)} pairs" for job in data})
+        return Comparison(shared, reason="not paired (different pairs)", detail=", ".join(sizes) if len(sizes) > 1
+                          else f"{sizes[0]} each, in a different subset order")
+    if any(job.section_mapping != first.section_mapping or job.subset_weights != first.subset_weights
+           for job in data):
+        return Comparison(shared, reason="not paired (different section mapping or subset weights)")
+    sections = section_layout(first.section_mapping, first.subset_weights, first.subsets)
+    differences = paired_bootstrap(np.stack([job.correct for job in data[:len(shared)]]),
+                                   np.stack([job.correct for job in data[len(shared):]]),
+                                   first.subsets, sections, samples, seed)
+    return Comparison(shared, differences, reason="" if differences else "no sections", detail=detail)
+
+
+# --------------------------------------------------------------------------- rows of a sweep, text and plot panel
+SweepRow = tuple[str, Mapping[str, str], Mapping[str, Union[PairData, str]]]  # (loss, other overrides, by seed)
+
+
+def compare_rows(rows: Sequence[SweepRow], baseline: str, samples: int = DEFAULT_SAMPLES,
+                 seed: int = DEFAULT_SEED) -> list[Comparison]:
+    """Each row against the baseline-loss row with the same other overrides (else the only baseline row).
+
+    A row is (loss, other overrides, {seed: per-pair data or why not} of its finished jobs).
+    """
+    bases = [index for index, (loss, _, _) in enumerate(rows) if loss == baseline]
+    comparisons = []
+    for index, (_, extra, by_seed) in enumerate(rows):
+        base = next((b for b in bases if rows[b][1] == extra), bases[0] if len(bases) == 1 else None)
+        if base == index:
+            comparisons.append(Comparison(reason="baseline"))
+        elif base is None:
+            comparisons.append(Comparison(reason=f"no {baseline} row" if not bases else f"ambiguous {baseline} row"))
+        else:
+            comparisons.append(compare(by_seed, rows[base][2], samples, seed))
+    return comparisons
+
+
+def difference_note(baseline: str, samples: int, seed: int) -> str:
+    """How to read the differences table."""
+    return (f"Row − {baseline} in percentage points, mean over the seeds both rows share, [95% interval] from a "
+            f"paired bootstrap over held-out pairs (stratified by subset) and seeds ({samples} replicates, "
+            f"bootstrap seed {seed}); * = the interval excludes 0 (significant).")
+
+
+def difference_rows(rows: Sequence[tuple[str, Comparison]]) -> list[list[str]]:
+    """Cells of the differences table (DIFFERENCE_HEADER) for (label, comparison) rows."""
+    return [[label, *map(comparison.cell, COLUMNS), ",".join(comparison.seeds), comparison.detail]
+            for label, comparison in rows]
+
+
+def plot_differences(ax: Any, rows: Sequence[tuple[str, Comparison]], baseline: str, samples: int, seed: int,
+                     colors: Mapping[str, Any]) -> None:
+    """Draw on a matplotlib Axes: each (label, comparison)'s differences per column with their intervals as error
+    bars; significant ones filled, thick and starred; rows without numbers listed with the reason."""
+    shown = [(label, comparison) for label, comparison in rows if comparison.differences]
+    width = 0.84 / max(len(shown), 1)
+    for i, (label, comparison) in enumerate(shown):
+        color = colors.get(label, "gray")
+        ax.plot([], [], "o", color=color, label=f"{label} (seeds {','.join(comparison.seeds)})")  # legend entry
+        for x, column in enumerate(COLUMNS):
+            if (diff := comparison.differences.get(column)) is None:
+                continue
+            xpos, y, sig = x + (i - (len(shown) - 1) / 2) * width, 100 * diff.estimate, diff.significant
+            ax.errorbar(xpos, y, yerr=[[y - 100 * diff.low], [100 * diff.high - y]], fmt="o", color=color,
+                        capsize=3, mfc=color if sig else "white", ms=8 if sig else 6, elinewidth=2.5 if sig else 1)
+            if sig:
+                ax.annotate("*", (xpos, 100 * diff.high), ha="center", va="bottom", fontsize=14, fontweight="bold")
+    ax.axhline(0.0, color="black", linewidth=1)
+    ax.margins(y=0.12)  # room for the stars
+    ax.set_xticks(range(len(COLUMNS)), COLUMNS, fontsize=12)
+    ax.set_xlim(-0.5, len(COLUMNS) - 0.5)
+    ax.set_ylabel(f"difference vs {baseline} (pp)", fontsize=12)
+    ax.set_title(f"Paired difference vs {baseline}: mean over shared seeds, 95% bootstrap interval over pairs and "
+                 f"seeds ({samples} replicates, seed {seed})\nfilled, thick and * = significant (interval excludes 0)",
+                 fontsize=12)
+    ax.grid(axis="y", alpha=0.3)
+    if shown:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=10, title="loss")
+    other = [f"{label}: {c.reason}" for label, c in rows if not c.differences and c.reason != "baseline"]
+    if other or not shown:
+        ax.text(0.0, -0.08, "not compared:\n" + "\n".join(other or ["nothing to compare"]), transform=ax.transAxes,
+                va="top", fontsize=10, color="firebrick")
