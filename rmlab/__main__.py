@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from rmlab.config import ConfigError, register_configs, validate
+from rmlab.config import register_configs, user_error_exit_code, validate
 
 LAUNCHED_AT = time.time()
 register_configs()
@@ -35,26 +35,27 @@ def record_failure(cfg: DictConfig, error: BaseException) -> None:
 
 @hydra.main(version_base="1.3", config_path="pkg://rmlab.conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    if multirun:
+        Path(HydraConfig.get().runtime.output_dir, "failed.json").unlink(missing_ok=True)  # an earlier attempt's
     try:
         validate(cfg)
-    except ConfigError as err:
-        print(f"rmlab: config error: {err}", file=sys.stderr)
-        sys.exit(2)
-    if cfg.plan:
-        from rmlab.plan import print_plan
+        if cfg.plan:
+            from rmlab.plan import print_plan
 
-        print_plan(cfg, Path(HydraConfig.get().runtime.output_dir))
-        return None
-    from rmlab.train import train
+            print_plan(cfg, Path(HydraConfig.get().runtime.output_dir))
+            return None
+        from rmlab.train import train
 
-    if HydraConfig.get().mode != RunMode.MULTIRUN:
-        return train(cfg, LAUNCHED_AT).get("table3", {}).get("Avg")
-    Path(HydraConfig.get().runtime.output_dir, "failed.json").unlink(missing_ok=True)  # an earlier attempt's
-    try:
-        return train(cfg, time.time()).get("table3", {}).get("Avg")
-    except Exception as error:  # one failing job must not stop the sweep
-        record_failure(cfg, error)
-        return None
+        return train(cfg, time.time() if multirun else LAUNCHED_AT).get("table3", {}).get("Avg")
+    except Exception as error:
+        if multirun:  # one failing job must not stop the sweep
+            record_failure(cfg, error)
+            return None
+        code = user_error_exit_code(error)  # a config or data error: one line, no traceback
+        if code is None:
+            raise
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import importlib.resources
 import os
+import sys
 import time
+from typing import Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
 
-from rmlab.schemas import (LOSS_SCHEMAS, STRATEGY_SCHEMAS, ConfigError, CSVLoggerConfig, DataConfig, EvalConfig,
+from rmlab.loss_params import LOSS_SCHEMAS
+from rmlab.schemas import (STRATEGY_SCHEMAS, ConfigError, CSVLoggerConfig, DataConfig, EvalConfig,
                            ModelConfig, OptimizerGroupConfig, PathsConfig, RMLabConfig, TensorBoardLoggerConfig,
                            TrainerConfig, WandbLoggerConfig)
 
-__all__ = ["ConfigError", "register_configs", "register_sweeps", "validate"]
+__all__ = ["ConfigError", "register_configs", "register_sweeps", "user_error_exit_code", "validate"]
 
 
 def _minilm_path() -> str:
@@ -63,6 +66,14 @@ OmegaConf.register_new_resolver("rmlab.rank_zero_only", lambda value: value if _
 OmegaConf.register_new_resolver("rmlab.rank_suffix", lambda: f"_rank{_rank()}" if _rank() else "", replace=True)
 OmegaConf.register_new_resolver("rmlab.minilm", _minilm_path, use_cache=True, replace=True)
 OmegaConf.register_new_resolver("rmlab.preset", _preset_config, replace=True)
+def _embedded_sections() -> DictConfig:
+    """conf/data/embedded.yaml's ``section_mapping``: the embedded categories' sections, from their one home."""
+    from rmlab.data.embedded import SECTION_MAPPING
+
+    return OmegaConf.create(SECTION_MAPPING)
+
+
+OmegaConf.register_new_resolver("rmlab.embedded_sections", _embedded_sections, replace=True)
 
 
 def register_configs() -> None:
@@ -96,5 +107,22 @@ def register_sweeps() -> None:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Run every schema's range checks (``__post_init__``) without loading anything heavy."""
-    OmegaConf.to_object(cfg)
+    """Run every schema's range checks (``__post_init__``) without loading anything heavy; a required key
+    left unset (``???``) is a ConfigError naming it."""
+    try:
+        OmegaConf.to_object(cfg)
+    except MissingMandatoryValue as err:
+        key = err.full_key or "a required key"
+        raise ConfigError(f"{key} is not set. Fix: give it on the command line, e.g. {key}=<value>.") from err
+
+
+def user_error_exit_code(error: BaseException) -> Optional[int]:
+    """For a config or data error (the user's to fix): print it as one line on stderr and return the exit code
+    (2 config, 1 data). None for anything else, and with ``HYDRA_FULL_ERROR=1``, so the traceback shows."""
+    from rmlab.data.formats import DataError
+
+    if not isinstance(error, (ConfigError, DataError)) or os.environ.get("HYDRA_FULL_ERROR") == "1":
+        return None
+    kind = "config error" if isinstance(error, ConfigError) else "data error"
+    print(f"rmlab: {kind}: {error} (HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)
+    return 2 if isinstance(error, ConfigError) else 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import netrc
 import os
 import re
@@ -10,6 +11,7 @@ from typing import Any, Optional
 from urllib.parse import urlparse
 
 
+log = logging.getLogger(__name__)
 SECRET_ENV = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.IGNORECASE)
 SECRET_KEY = re.compile(r"(api_?key|access_token|auth_token|hf_token|^token|secret|password|passwd)$", re.IGNORECASE)
 
@@ -49,21 +51,34 @@ def resolve_wandb_mode(mode: Optional[str]) -> str:
 
 def wandb_logger(project: str, save_dir: str, entity: Optional[str] = None, name: Optional[str] = None,
                  group: Optional[str] = None, tags: Optional[list[str]] = None, mode: Optional[str] = None) -> Any:
+    """Lightning's WandbLogger in the resolved mode; W&B's own console lines are silenced and rmlab says
+    in one line where the run is (and how to upload it, offline)."""
+    import wandb
     from lightning.pytorch.loggers import WandbLogger
 
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     resolved = resolve_wandb_mode(mode)
-    return WandbLogger(project=project, entity=entity, name=name, group=group, tags=list(tags or []),
-                       save_dir=save_dir, mode=resolved, offline=resolved == "offline", log_model=False)
+    logger = WandbLogger(project=project, entity=entity, name=name, group=group, tags=list(tags or []),
+                         save_dir=save_dir, mode=resolved, offline=resolved == "offline", log_model=False,
+                         settings=wandb.Settings(silent=True))
+    logger._wandb_init.pop("anonymous", None)  # Lightning always passes it, and W&B warns that it does nothing
+    if resolved == "offline":
+        log.info(f"W&B: offline run in {save_dir}/wandb (upload it with: wandb sync {save_dir}/wandb/offline-run-*)")
+    elif resolved == "online":
+        log.info(f"W&B: online run in project {entity + '/' if entity else ''}{project}")
+    return logger
 
 
-def finish_logger(logger: Any, summary: dict[str, Any]) -> None:
-    """Write the final metrics (W&B: into the run summary, Table 3 columns as keys) and close the run."""
-    experiment = getattr(logger, "experiment", None)
+def finish_logger(logger: Any, summary: dict[str, Any], failed: bool = False) -> None:
+    """Write the final metrics (W&B: into the run summary, Table 3 columns as keys) and close the run; a
+    failed run is closed as failed (W&B exit code 1)."""
+    started = getattr(logger, "_experiment", True) is not None  # a failed run may have failed before W&B started
+    experiment = getattr(logger, "experiment", None) if started else None
     if hasattr(experiment, "summary"):
         experiment.summary.update(summary)
-        logger.finalize("success")
-        experiment.finish()
-    else:
+        logger.finalize("failed" if failed else "success")
+        experiment.finish(exit_code=1 if failed else 0)
+        return
+    if not failed:
         logger.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
-        logger.finalize("success")
+    logger.finalize("failed" if failed else "success")

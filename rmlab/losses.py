@@ -11,6 +11,9 @@ mean over pairs of its per-pair loss ℓ_i (given in each class docstring) plus,
 shared option ``center_rewards_coefficient`` c is > 0, TRL's centering term
 c · mean((r_c + r_r)²).
 
+Hyperparameters (defaults and allowed ranges) have one home, :mod:`rmlab.loss_params`; each loss here
+inherits its ``*Params`` dataclass, and ``conf/loss/<name>.yaml`` names the class.
+
 Numerics: inputs are upcast to at least float32 and every log σ is computed with
 ``F.logsigmoid``, so loss and gradient stay finite for |Δ| and |r| of 1e4 and beyond,
 also for bfloat16 inputs. The result has dtype float32 (float64 for float64 inputs).
@@ -25,15 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
-def _check(obj: object, name: str, lower: float, *, strict: bool = False, upper: float | None = None) -> None:
-    """Raise ValueError unless ``obj.name`` is a finite number in the allowed range."""
-    value = getattr(obj, name)
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > lower if strict else value >= lower) and (upper is None or value <= upper)
-    if not ok:
-        allowed = f"{'>' if strict else '>='} {lower}" + ("" if upper is None else f" and <= {upper}")
-        raise ValueError(f"{type(obj).__name__}: {name} must be a finite number {allowed}, got {value!r}")
+from rmlab.loss_params import (FocalPenaltyParams, FocalParams, LossParams, MarginParams, TemperatureParams,
+                               TemperedLogParams)
 
 
 def _prepare(chosen: Tensor, rejected: Tensor, margin: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
@@ -55,19 +51,15 @@ def _prepare(chosen: Tensor, rejected: Tensor, margin: Tensor | None) -> tuple[T
     return chosen, rejected, margin
 
 
-@dataclass(frozen=True, kw_only=True)
 class PairwiseRewardLoss:
-    """Base class: mean of the per-pair losses ℓ_i plus optional reward centering.
+    """Mixin of every loss: the mean of the per-pair losses ℓ_i plus optional reward centering.
 
-    center_rewards_coefficient: c >= 0; adds c · mean((r_c + r_r)²) (TRL's option of the
-    same name, from Eisenstein et al. 2023). Default 0.0 = off.
-    Subclasses implement ``_pair_losses(chosen, rejected, margin) -> [B]`` on prepared inputs.
+    The hyperparameters, their defaults and ranges come from :mod:`rmlab.loss_params` (each loss inherits its
+    ``*Params`` dataclass). Subclasses implement ``_pair_losses(chosen, rejected, margin) -> [B]`` on
+    prepared inputs.
     """
 
-    center_rewards_coefficient: float = 0.0
-
-    def __post_init__(self) -> None:
-        _check(self, "center_rewards_coefficient", 0.0)
+    center_rewards_coefficient: float
 
     def _pair_losses(self, chosen: Tensor, rejected: Tensor, margin: Tensor) -> Tensor:
         raise NotImplementedError
@@ -88,54 +80,42 @@ class PairwiseRewardLoss:
         return loss
 
 
-@dataclass(frozen=True, kw_only=True)
-class BradleyTerryLoss(PairwiseRewardLoss):
+@dataclass
+class BradleyTerryLoss(LossParams, PairwiseRewardLoss):
     """Bradley-Terry: ℓ = −log σ(Δ − m_i). No hyperparameters."""
 
     def _pair_losses(self, chosen: Tensor, rejected: Tensor, margin: Tensor) -> Tensor:
         return -F.logsigmoid(chosen - rejected - margin)
 
 
-@dataclass(frozen=True, kw_only=True)
-class BTTemperatureLoss(PairwiseRewardLoss):
-    """Bradley-Terry with temperature: ℓ = −log σ((Δ − m_i) / T), T > 0.
+@dataclass
+class BTTemperatureLoss(TemperatureParams, PairwiseRewardLoss):
+    """Bradley-Terry with temperature: ℓ = −log σ((Δ − m_i) / T), T > 0; T = 1 is plain BT.
 
-    temperature T = 2.0 is assumed (the Skywork paper gives no value); T = 1 is plain BT.
+    The Skywork paper gives no T: the default is assumed (:class:`rmlab.loss_params.TemperatureParams`).
     """
-
-    temperature: float = 2.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check(self, "temperature", 0.0, strict=True)
 
     def _pair_losses(self, chosen: Tensor, rejected: Tensor, margin: Tensor) -> Tensor:
         return -F.logsigmoid((chosen - rejected - margin) / self.temperature)
 
 
-@dataclass(frozen=True, kw_only=True)
-class FocalLoss(PairwiseRewardLoss):
+@dataclass
+class FocalLoss(FocalParams, PairwiseRewardLoss):
     """Focal loss (Lin et al. 2017) on the BT probability, z = Δ − m_i:
 
         ℓ = −(1 − σ(z))^γ · log σ(z),  γ >= 0  (γ = 0 is plain BT).
 
     The weight is differentiated through (not detached), as in Lin et al.; it is computed as
-    exp(γ · log σ(−z)). gamma = 2.0 is the value recommended by Lin et al. 2017.
+    exp(γ · log σ(−z)). The default γ is Lin et al.'s recommended value (:class:`rmlab.loss_params.FocalParams`).
     """
-
-    gamma: float = 2.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check(self, "gamma", 0.0)
 
     def _pair_losses(self, chosen: Tensor, rejected: Tensor, margin: Tensor) -> Tensor:
         z = chosen - rejected - margin
         return -torch.exp(self.gamma * F.logsigmoid(-z)) * F.logsigmoid(z)
 
 
-@dataclass(frozen=True, kw_only=True)
-class FocalPenaltyLoss(PairwiseRewardLoss):
+@dataclass
+class FocalPenaltyLoss(FocalPenaltyParams, PairwiseRewardLoss):
     """InternLM2 focal ranking loss with log-barrier penalty, z = Δ − m_i:
 
         ℓ = −(1 − 2·max(σ(z) − ½, 0))^γ · log σ(z) + λ · (B(r_c) + B(r_r)),
@@ -149,21 +129,16 @@ class FocalPenaltyLoss(PairwiseRewardLoss):
     The extension is C¹, finite for any x, and its gradient sign(x)·λ·B'(a) (≈ λ / (ε·b))
     points back inside the interval.
 
-    Defaults gamma = 2.0, penalty_coefficient λ = 0.02, bound b = 5.0 follow the InternLM2
-    report (arXiv 2403.17297). ε is an implementation choice (assumed).
+    Sources: the InternLM2 technical report (arXiv 2403.17297, §4.2.1, "Loss Function") gives the ranking
+    term with γ = 2, the barrier with b = 5 and the total L_ranking + λ·L_penalty with λ = 0.02: rmlab's
+    defaults (:class:`rmlab.loss_params.FocalPenaltyParams`). Its public training code (XTuner, ``xtuner/model/reward.py``) differs in two ways, noted
+    here because a reader may compare: ``penalty_weight`` defaults to 0.01 there, and rewards are clamped
+    to [−b + ε, b − ε] before the barrier, so outside the bound the penalty is flat and its gradient zero:
+    a reward that has left the interval is never pushed back. rmlab keeps the report's λ and the linear
+    continuation above, whose gradient points back inside (ε is rmlab's choice).
     """
 
-    gamma: float = 2.0
-    penalty_coefficient: float = 0.02
-    bound: float = 5.0
-
     barrier_eps = 1e-3  # class constant, not a constructor argument
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check(self, "gamma", 0.0)
-        _check(self, "penalty_coefficient", 0.0)
-        _check(self, "bound", 0.0, strict=True)
 
     def barrier(self, x: Tensor) -> Tensor:
         """Log barrier B(x), linearly continued beyond ±(1 − ε)·b (see class docstring)."""
@@ -180,42 +155,30 @@ class FocalPenaltyLoss(PairwiseRewardLoss):
         return ranking + self.penalty_coefficient * (self.barrier(chosen) + self.barrier(rejected))
 
 
-@dataclass(frozen=True, kw_only=True)
-class HingeLoss(PairwiseRewardLoss):
+@dataclass
+class HingeLoss(MarginParams, PairwiseRewardLoss):
     """Hinge: ℓ = max(0, m + m_i − Δ); the data margin m_i adds to the target margin m >= 0.
 
-    target_margin m = 1.0 is assumed (the Skywork paper gives no value; 1 is the SVM convention).
+    The Skywork paper gives no m: the default is assumed (:class:`rmlab.loss_params.MarginParams`).
     """
-
-    target_margin: float = 1.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check(self, "target_margin", 0.0)
 
     def _pair_losses(self, chosen: Tensor, rejected: Tensor, margin: Tensor) -> Tensor:
         return F.relu(self.target_margin + margin - (chosen - rejected))
 
 
-@dataclass(frozen=True, kw_only=True)
-class MarginMSELoss(PairwiseRewardLoss):
+@dataclass
+class MarginMSELoss(MarginParams, PairwiseRewardLoss):
     """Margin MSE: ℓ = (Δ − (m + m_i))²; the data margin m_i adds to the target margin m >= 0.
 
-    target_margin m = 1.0 is assumed (the Skywork paper gives no value).
+    The Skywork paper gives no m: the default is assumed (:class:`rmlab.loss_params.MarginParams`).
     """
-
-    target_margin: float = 1.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check(self, "target_margin", 0.0)
 
     def _pair_losses(self, chosen: Tensor, rejected: Tensor, margin: Tensor) -> Tensor:
         return (chosen - rejected - self.target_margin - margin).square()
 
 
-@dataclass(frozen=True, kw_only=True)
-class CrossEntropyLoss(PairwiseRewardLoss):
+@dataclass
+class CrossEntropyLoss(LossParams, PairwiseRewardLoss):
     """Pointwise binary cross-entropy, chosen labelled 1 and rejected labelled 0:
 
         ℓ = −log σ(r_c − m_i/2) − log σ(−(r_r + m_i/2))   (1 − σ(x) written as σ(−x)).
@@ -223,6 +186,13 @@ class CrossEntropyLoss(PairwiseRewardLoss):
     Margin (our choice): half of m_i is required on each side, i.e. the chosen logit is shifted
     down and the rejected one up by m_i/2, so the pair is pushed apart by m_i around 0.
     No hyperparameters.
+
+    Table 3's caption calls its losses "loss functions that optimize the margin between chosen and
+    rejected responses"; this one does not: each reward is pushed toward its own label, independently
+    of the other, so it also fixes where rewards sit (chosen > 0 > rejected). It is kept pointwise because
+    that is what "cross-entropy" (Goodfellow et al. 2016, cited in Table 3) means without a pair, and a
+    pairwise cross-entropy on σ(Δ) would be Bradley-Terry itself, already a row of the table. Its low
+    Chat score in the paper (74.9) is consistent with this absolute, not relative, objective.
     """
 
     def _pair_losses(self, chosen: Tensor, rejected: Tensor, margin: Tensor) -> Tensor:
@@ -230,29 +200,37 @@ class CrossEntropyLoss(PairwiseRewardLoss):
         return -F.logsigmoid(chosen - half) - F.logsigmoid(-(rejected + half))
 
 
-@dataclass(frozen=True, kw_only=True)
-class TemperedLogLoss(PairwiseRewardLoss):
-    """Tempered log loss, z = Δ − m_i:
+@dataclass
+class TemperedLogLoss(TemperedLogParams, PairwiseRewardLoss):
+    """Tempered log loss, z = Δ − m_i, with the tempered logarithm log_t(x) = (x^(1−t) − 1) / (1 − t):
 
-        ℓ = −log_t σ(z) = (1 − σ(z)^(1−t)) / (1 − t),   log_t(x) = (x^(1−t) − 1) / (1 − t),
+    ``form=log_t`` (default):       ℓ = −log_t σ(z) = (1 − σ(z)^(1−t)) / (1 − t)
+    ``form=bi_tempered``:           ℓ = −log_t σ(z) − (1 − σ(z)^(2−t) − σ(−z)^(2−t)) / (2 − t)
 
-    computed as −expm1((1 − t)·log σ(z)) / (1 − t). t = 1 is exactly Bradley-Terry (−log σ(z)).
-    Allowed range 0 < t <= 1: for t < 1 the loss is bounded by 1/(1 − t) (robust to label
-    noise); t > 1 is rejected because the loss then grows like e^((t−1)|z|) and overflows.
-    t = 0.5 is assumed (the Skywork paper gives no value).
+    The first is the generalized cross-entropy of the BT probability (Zhang & Sabuncu 2018, q = 1 − t);
+    the second is Amid et al. 2019's bi-tempered binary logistic loss with t1 = t and t2 = 1 (its
+    probabilities are then σ(±z)), whose second term makes it the Bregman divergence of the tempered
+    log. Both equal Bradley-Terry (−log σ(z)) at t = 1 and are bounded for t < 1 (the first by
+    1/(1 − t)), which makes them robust to mislabelled pairs; t > 1 is refused (the loss then grows like
+    e^((t−1)|z|)). Computed from log σ: σ(z)^a = exp(a · log σ(z)).
+
+    Source: Table 3 cites "Carvalho et al. 2010" for this loss. That reference could not be traced (no
+    2010 paper by Carvalho defining a tempered log loss was found in the sources available to us), so the
+    default is the plainest reading of "tempered log loss", −log_t of the pair probability, and the
+    Bregman form is kept as an option. The paper gives no t: the default is assumed
+    (:class:`rmlab.loss_params.TemperedLogParams`).
     """
 
-    t: float = 0.5
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check(self, "t", 0.0, strict=True, upper=1.0)
-
     def _pair_losses(self, chosen: Tensor, rejected: Tensor, margin: Tensor) -> Tensor:
-        log_p = F.logsigmoid(chosen - rejected - margin)
+        z = chosen - rejected - margin
+        log_p = F.logsigmoid(z)
         if self.t == 1:
             return -log_p
-        return -torch.expm1((1.0 - self.t) * log_p) / (1.0 - self.t)
+        loss = -torch.expm1((1.0 - self.t) * log_p) / (1.0 - self.t)
+        if self.form == "bi_tempered":
+            power = 2.0 - self.t
+            loss = loss - (1.0 - torch.exp(power * log_p) - torch.exp(power * F.logsigmoid(-z))) / power
+        return loss
 
 
 LOSSES: dict[str, type[PairwiseRewardLoss]] = {

@@ -33,6 +33,33 @@ def reward_statistics(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str,
     }
 
 
+class EpochStatistics:
+    """Sums over an epoch's training pairs, from which its statistics are exact: the mean loss (per-batch
+    losses weighted by pairs), accuracy and margin, and each side's reward mean and (population) std."""
+
+    SUMS = ("pairs", "loss", "correct", "margin", "chosen", "chosen_sq", "rejected", "rejected_sq")
+
+    def __init__(self) -> None:
+        self.sums = torch.zeros(len(self.SUMS), dtype=torch.float64)
+
+    def update(self, loss: torch.Tensor, chosen: torch.Tensor, rejected: torch.Tensor) -> None:
+        c, r = chosen.detach().double(), rejected.detach().double()
+        batch = torch.stack([c.new_tensor(len(c)), loss.detach().double() * len(c), (c > r).double().sum(),
+                             (c - r).sum(), c.sum(), c.square().sum(), r.sum(), r.square().sum()])
+        self.sums = self.sums.to(batch.device) + batch
+
+    @classmethod
+    def means(cls, sums: torch.Tensor) -> dict[str, float]:
+        total = dict(zip(cls.SUMS, sums.double().cpu().tolist()))
+        n = max(total["pairs"], 1.0)
+        out = {"loss": total["loss"] / n, "accuracy": total["correct"] / n, "margin": total["margin"] / n}
+        for side in ("chosen", "rejected"):
+            mean = total[side] / n
+            out[f"reward_{side}_mean"] = mean
+            out[f"reward_{side}_std"] = max(total[f"{side}_sq"] / n - mean * mean, 0.0) ** 0.5
+        return out
+
+
 def collect_rng_states() -> dict[str, Any]:
     """Python, NumPy and torch RNG states as tensors and plain values (loadable with ``weights_only=True``)."""
     kind, keys, position, has_gauss, cached = np.random.get_state()
@@ -96,6 +123,9 @@ class RewardModule(pl.LightningModule):
         self.tokens_real = self.tokens_processed = 0
         self.fused_projections = fused_projections
         self.restored_metrics: dict[str, float] = {}
+        self.epoch_statistics = EpochStatistics()
+        self.train_epoch_means: dict[str, float] = {}
+        self._restored_epoch_sums: Optional[tuple[int, torch.Tensor]] = None
 
     def configure_model(self) -> None:
         if self.model is None:
@@ -142,10 +172,30 @@ class RewardModule(pl.LightningModule):
         chosen, rejected = rewards[:pairs], rewards[pairs:]
         loss = self.loss_fn(chosen, rejected, margin=batch.get("margin"))
         metrics = {"loss": loss.detach(), **reward_statistics(chosen.detach(), rejected.detach())}
-        for keys, prog_bar in ((("loss", "accuracy"), True), (tuple(metrics)[2:], False)):
-            self.log_dict({f"{stage}/{k}": metrics[k] for k in keys}, batch_size=pairs, prog_bar=prog_bar,
-                          on_step=stage == "train", on_epoch=stage != "train", sync_dist=stage != "train")
+        training = stage == "train"
+        self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, batch_size=pairs, prog_bar=False,
+                      on_step=training, on_epoch=not training, sync_dist=not training)
+        if training:  # the bar shows the epoch so far (this rank), not the last batch
+            self.epoch_statistics.update(loss, chosen, rejected)
+            running = EpochStatistics.means(self.epoch_statistics.sums)
+            self.log_dict({"loss": running["loss"], "acc": running["accuracy"]}, prog_bar=True, logger=False,
+                          on_step=True, on_epoch=False)
         return loss
+
+    def on_train_epoch_start(self) -> None:
+        self.epoch_statistics = EpochStatistics()
+
+    def _epoch_sums(self) -> torch.Tensor:
+        """The sums of this epoch's pairs so far, over every rank (a collective: all ranks call it)."""
+        return self.trainer.strategy.reduce(self.epoch_statistics.sums.to(self.device), reduce_op="sum").cpu()
+
+    @staticmethod
+    def _train_means(total: torch.Tensor) -> dict[str, float]:
+        return {f"train/{k}": v for k, v in EpochStatistics.means(total).items()} if float(total[0]) else {}
+
+    def on_train_epoch_end(self) -> None:
+        """The epoch's training statistics over all its pairs: what metrics.json and the W&B summary hold."""
+        self.train_epoch_means = self._train_means(self._epoch_sums()) or self.train_epoch_means
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
@@ -193,16 +243,23 @@ class RewardModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["rng_states"] = collect_rng_states()  # dropout's randomness, so a resume continues exactly
-        checkpoint["logged_metrics"] = self.final_metrics()
+        # every rank runs this (a collective); rank 0's copy is written: all ranks' pairs of the epoch so far
+        total = self._epoch_sums()
+        checkpoint["epoch_sums"] = (self.current_epoch, total)
+        checkpoint["logged_metrics"] = {**self.final_metrics(), **self._train_means(total)}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._rng_states_to_restore = checkpoint.get("rng_states")
         self.restored_metrics = checkpoint.get("logged_metrics", {})
+        self._restored_epoch_sums = checkpoint.get("epoch_sums")
 
     def final_metrics(self) -> dict[str, float]:
-        """The last value of every scalar metric logged, including those restored from a checkpoint."""
-        current = {k: float(v) for k, v in self.trainer.callback_metrics.items() if v.numel() == 1}
-        return {**self.restored_metrics, **current}
+        """The run's training metrics: the last epoch's statistics over all its pairs (``train/*``), the last
+        validation (``val/*``), the last learning rate and the skipped steps; restored ones included."""
+        logged = {k: float(v) for k, v in self.trainer.callback_metrics.items()
+                  if v.numel() == 1 and (k.startswith("val/") or k in ("train/lr", "train/skipped_steps"))}
+        metrics = {**self.restored_metrics, **logged, **self.train_epoch_means}
+        return dict(sorted(metrics.items()))  # one order, resumed or not
 
     def on_fit_start(self) -> None:
         if self.fused_projections and self._plain_strategy() and \
@@ -215,9 +272,13 @@ class RewardModule(pl.LightningModule):
         return name in ("SingleDeviceStrategy", "DDPStrategy")
 
     def on_train_start(self) -> None:
+        """After a checkpoint is restored (a resume inside an epoch gets no ``on_train_epoch_start``)."""
         if self._rng_states_to_restore:
             restore_rng_states(self._rng_states_to_restore)
             self._rng_states_to_restore = None
+        restored, self._restored_epoch_sums = self._restored_epoch_sums, None
+        if restored is not None and restored[0] == self.current_epoch and self.trainer.is_global_zero:
+            self.epoch_statistics.sums = restored[1]  # resumed inside this epoch: all ranks' pairs so far
 
     def configure_optimizers(self) -> Any:
         """AdamW with weight decay on matrices only (biases, norms: none), decided by each parameter's shape

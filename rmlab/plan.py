@@ -14,6 +14,7 @@ parameters from the architecture on the meta device, and estimates per-GPU memor
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -21,6 +22,8 @@ from typing import Any, Optional
 from omegaconf import DictConfig
 
 from rmlab.strategy import deepspeed_config, gradient_accumulation
+
+log = logging.getLogger(__name__)
 
 GIB = 2**30
 
@@ -118,16 +121,16 @@ def print_plan(cfg: DictConfig, output_dir: Optional[Path] = None) -> dict[str, 
     plan = build_plan(cfg)
     model, batch, memory = plan["model"], plan["batch"], plan["memory_gib_per_gpu"]
     stage = plan["strategy"]["zero_stage"]
-    print(f"rmlab plan: {model['class']} from {model['name_or_path']}: {model['parameters'] / 1e9:.2f}B parameters "
+    log.info(f"rmlab plan: {model['class']} from {model['name_or_path']}: {model['parameters'] / 1e9:.2f}B parameters "
           f"(largest layer {model['largest_layer_parameters'] / 1e6:.0f}M)")
-    print(f"  strategy {plan['strategy']['name']}{f' ZeRO-{stage}' if stage else ''} on {batch['nodes']} node(s) × "
+    log.info(f"  strategy {plan['strategy']['name']}{f' ZeRO-{stage}' if stage else ''} on {batch['nodes']} node(s) × "
           f"{batch['devices']} device(s); {batch['pairs_per_micro_batch']} pairs per micro-batch × "
           f"{batch['accumulation']} accumulation = {batch['pairs_per_optimizer_step']} pairs per optimizer step")
-    print(f"  per-GPU memory (estimate): model states {memory['model_states']:.1f} GiB + activations "
+    log.info(f"  per-GPU memory (estimate): model states {memory['model_states']:.1f} GiB + activations "
           f"{memory['activations']:.1f} GiB = {memory['total']:.1f} GiB; CPU for offload/init "
           f"{plan['cpu_memory_gib_per_node']:.1f} GiB per node")
     if plan["strategy"]["deepspeed_config"]:
-        print("  DeepSpeed config: " + json.dumps(plan["strategy"]["deepspeed_config"]) + " (Lightning adds "
+        log.info("  DeepSpeed config: " + json.dumps(plan["strategy"]["deepspeed_config"]) + " (Lightning adds "
               f"gradient_accumulation_steps={batch['accumulation']}, gradient_clipping from trainer.gradient_clip_val, "
               "and bf16/fp16 from trainer.precision)")
     if output_dir is not None:

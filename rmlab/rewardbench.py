@@ -77,16 +77,6 @@ SUBSET_MAPPING: dict[str, list[str]] = {
     "Reasoning": ["math-prm", "hep-cpp", "hep-go", "hep-java", "hep-js", "hep-python", "hep-rust"],
 }
 
-# Mapping for rmlab's embedded dataset, whose ``subset`` column holds the four
-# category names directly. Use with ``observed_counts`` (no fixed counts).
-RMLAB_SUBSET_MAPPING: dict[str, list[str]] = {
-    "Chat": ["chat"],
-    "Chat Hard": ["chat_hard"],
-    "Safety": ["safety"],
-    "Reasoning": ["reasoning"],
-}
-
-
 def _check_lengths(*seqs: Sequence) -> int:
     lengths = {len(s) for s in seqs}
     if len(lengths) != 1:

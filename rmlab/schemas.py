@@ -10,12 +10,12 @@ This module imports only the standard library and OmegaConf.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import MISSING
 
-
-LAYOUTS = ("auto", "messages", "prompt_response", "hh")  # rmlab.data.formats reads each
+from rmlab.data.formats import LAYOUTS
 
 
 class ConfigError(ValueError):
@@ -25,6 +25,16 @@ class ConfigError(ValueError):
 def check(condition: bool, key: str, rule: str, value: Any) -> None:
     if not condition:
         raise ConfigError(f"{key}={value!r} is invalid: {rule}. Fix it on the command line, e.g. {key}=<value>.")
+
+
+FILE_SUFFIXES = (".jsonl", ".json", ".parquet")  # rmlab.data.formats reads these itself; anything else: datasets
+
+
+def check_source(source: Any, key: str) -> None:
+    """A source that names a data file must exist (a directory or hub id is checked when it loads)."""
+    if isinstance(source, str) and source.lower().endswith(FILE_SUFFIXES):
+        check(Path(source).expanduser().is_file(), key, "no such file (relative paths start at the directory you "
+              "run from); point it at an existing .jsonl/.json/.parquet file, a dataset directory or a hub id", source)
 
 
 @dataclass
@@ -75,7 +85,6 @@ class DataConfig:
     max_length: int = 256
     batch_size: int = 8  # pairs per micro-batch (per device)
     global_batch_size: Optional[int] = None  # pairs per optimizer step; sets the gradient accumulation
-    eval_batch_size: int = 32  # pairs per batch when scoring without gradients
     num_workers: int = 0
     on_bad_row: str = "skip"  # skip | error
     subset_key: str = "subset"  # column that names each row's subset (category)
@@ -92,7 +101,6 @@ class DataConfig:
         check(self.batch_size >= 1, "data.batch_size", "must be >= 1", self.batch_size)
         check(self.global_batch_size is None or self.global_batch_size >= self.batch_size, "data.global_batch_size",
                "must be >= data.batch_size (or null)", self.global_batch_size)
-        check(self.eval_batch_size >= 1, "data.eval_batch_size", "must be >= 1", self.eval_batch_size)
         check(self.on_bad_row in ("skip", "error"), "data.on_bad_row", "one of skip, error", self.on_bad_row)
         check(self.max_rows is None or self.max_rows >= 1, "data.max_rows", "must be >= 1 or null", self.max_rows)
         check(self.section_mapping is None or (isinstance(self.section_mapping, dict) and all(
@@ -100,96 +108,9 @@ class DataConfig:
             "data.section_mapping", "must map section names to lists of subset names", self.section_mapping)
         check(self.embedded_pairs_per_category >= 4, "data.embedded_pairs_per_category", "must be >= 4",
                self.embedded_pairs_per_category)
-
-
-# --------------------------------------------------------------------------- losses
-@dataclass
-class LossConfig:
-    _target_: str = MISSING
-    center_rewards_coefficient: float = 0.0
-
-    def __post_init__(self) -> None:
-        check(self.center_rewards_coefficient >= 0, "loss.center_rewards_coefficient", "must be >= 0",
-               self.center_rewards_coefficient)
-
-
-@dataclass
-class BradleyTerryLossConfig(LossConfig):
-    _target_: str = "rmlab.losses.BradleyTerryLoss"
-
-
-@dataclass
-class BTTemperatureLossConfig(LossConfig):
-    _target_: str = "rmlab.losses.BTTemperatureLoss"
-    temperature: float = 2.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check(self.temperature > 0, "loss.temperature", "must be > 0", self.temperature)
-
-
-@dataclass
-class FocalLossConfig(LossConfig):
-    _target_: str = "rmlab.losses.FocalLoss"
-    gamma: float = 2.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check(self.gamma >= 0, "loss.gamma", "must be >= 0", self.gamma)
-
-
-@dataclass
-class FocalPenaltyLossConfig(FocalLossConfig):
-    _target_: str = "rmlab.losses.FocalPenaltyLoss"
-    penalty_coefficient: float = 0.02
-    bound: float = 5.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check(self.penalty_coefficient >= 0, "loss.penalty_coefficient", "must be >= 0", self.penalty_coefficient)
-        check(self.bound > 0, "loss.bound", "must be > 0", self.bound)
-
-
-@dataclass
-class HingeLossConfig(LossConfig):
-    _target_: str = "rmlab.losses.HingeLoss"
-    target_margin: float = 1.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check(self.target_margin >= 0, "loss.target_margin", "must be >= 0", self.target_margin)
-
-
-@dataclass
-class MarginMSELossConfig(HingeLossConfig):
-    _target_: str = "rmlab.losses.MarginMSELoss"
-
-
-@dataclass
-class CrossEntropyLossConfig(LossConfig):
-    _target_: str = "rmlab.losses.CrossEntropyLoss"
-
-
-@dataclass
-class TemperedLogLossConfig(LossConfig):
-    _target_: str = "rmlab.losses.TemperedLogLoss"
-    t: float = 0.5
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check(self.t > 0, "loss.t", "must be > 0", self.t)
-
-
-LOSS_SCHEMAS: dict[str, type[LossConfig]] = {
-    "bt": BradleyTerryLossConfig,
-    "bt_temperature": BTTemperatureLossConfig,
-    "focal": FocalLossConfig,
-    "focal_penalty": FocalPenaltyLossConfig,
-    "hinge": HingeLossConfig,
-    "margin_mse": MarginMSELossConfig,
-    "cross_entropy": CrossEntropyLossConfig,
-    "tempered_log": TemperedLogLossConfig,
-}
+        check_source(self.source, "data.source")
+        for index, entry in enumerate(self.sources or []):
+            check_source(entry.get("path") if isinstance(entry, dict) else None, f"data.sources[{index}].path")
 
 
 # --------------------------------------------------------------------------- optimizer
@@ -366,6 +287,7 @@ class EvalSetConfig:
     sections: Optional[str] = None  # "rewardbench": RewardBench's sections, and this set gives the Table 3 row
 
     def __post_init__(self) -> None:
+        check_source(self.source, f"eval.sets[{self.name}].source")
         check(self.layout in LAYOUTS, f"eval.sets[{self.name}].layout", f"one of {', '.join(LAYOUTS)}", self.layout)
         check(self.sections in (None, "rewardbench"), f"eval.sets[{self.name}].sections", "rewardbench or null",
               self.sections)
@@ -377,7 +299,7 @@ class EvalSetConfig:
 class EvalConfig:
     heldout: bool = True  # score the held-out part of the training data
     sets: list[EvalSetConfig] = field(default_factory=list)
-    batch_size: int = 64
+    batch_size: int = 64  # pairs per batch when scoring without gradients (validation and the final scoring)
 
     def __post_init__(self) -> None:
         check(self.batch_size >= 1, "eval.batch_size", "must be >= 1", self.batch_size)
@@ -391,7 +313,6 @@ class EvalConfig:
 @dataclass
 class PathsConfig:
     output_dir: str = "${hydra:runtime.output_dir}"
-    shared_data_dir: str = "../shared/data"
 
 
 # --------------------------------------------------------------------------- top level
@@ -399,7 +320,7 @@ class PathsConfig:
 class RMLabConfig:
     model: ModelConfig = MISSING
     data: DataConfig = MISSING
-    loss: Any = MISSING
+    loss: Any = MISSING  # one of rmlab.loss_params.LOSS_SCHEMAS, by the loss option's YAML
     optimizer: OptimizerGroupConfig = MISSING
     trainer: TrainerConfig = MISSING
     strategy: Any = MISSING  # one of STRATEGY_SCHEMAS, by the strategy option's YAML

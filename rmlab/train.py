@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -15,6 +16,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from rmlab.console import ProgressBar, quiet_third_party
 from rmlab.data.datamodule import PreferenceDataModule
 from rmlab.data.formats import RowStats, load_pairs
 from rmlab.data.tokenize import PairTokenizer
@@ -24,8 +26,12 @@ from rmlab.loggers import finish_logger, redact_secrets
 from rmlab.model import RewardModelBundle, build_reward_model, export_reward_model
 from rmlab.module import RewardModule
 from rmlab.report import print_results
+from rmlab.schemas import ConfigError
 from rmlab.strategy import build_strategy, check_hardware, gradient_accumulation
 from rmlab.zero import SaveDeepSpeedConfig
+
+
+log = logging.getLogger(__name__)
 
 
 def hydra_choice(group: str) -> Optional[str]:
@@ -43,7 +49,7 @@ def data_source(data_cfg: DictConfig) -> Any:
 
 
 class FirstStepTimer(pl.Callback):
-    """Prints the seconds from launch to the first training step (import, model and data loading included)."""
+    """Logs the seconds from launch to the first training step (import, model and data loading included)."""
 
     def __init__(self, launched_at: float) -> None:
         self.launched_at, self.seconds = launched_at, None
@@ -52,7 +58,7 @@ class FirstStepTimer(pl.Callback):
         if self.seconds is None:
             self.seconds = round(time.time() - self.launched_at, 1)
             if trainer.is_global_zero:
-                print(f"rmlab: first training step {self.seconds:.1f} s after launch", flush=True)
+                log.info(f"first training step {self.seconds:.1f} s after launch")
 
 
 def build_logger(cfg: DictConfig) -> Any:
@@ -87,7 +93,7 @@ def build_datamodule(cfg: DictConfig, pair_tokenizer: PairTokenizer) -> Preferen
     d = cfg.data
     loader = pairs_loader(d)
     return PreferenceDataModule(loader, pair_tokenizer, val_fraction=d.val_fraction, batch_size=d.batch_size,
-                                eval_batch_size=d.eval_batch_size, on_bad_row=d.on_bad_row,
+                                eval_batch_size=cfg.eval.batch_size, on_bad_row=d.on_bad_row,
                                 num_workers=d.num_workers, seed=cfg.seed)
 
 
@@ -103,7 +109,7 @@ def resume_checkpoint(resume: str, output_dir: Path) -> Optional[str]:
         saved = [p for p in checkpoints.glob("*.ckpt") if p.exists()] if checkpoints.is_dir() else []
         return str(max(saved, key=lambda p: p.stat().st_mtime)) if saved else None
     if not Path(resume).exists():
-        raise FileNotFoundError(f"resume={resume}: no such checkpoint. Fix: pass an existing .ckpt, or resume=auto.")
+        raise ConfigError(f"resume={resume}: no such checkpoint. Fix: pass an existing .ckpt, or resume=auto.")
     return resume
 
 
@@ -115,9 +121,11 @@ def build_trainer(cfg: DictConfig, logger: Any, callbacks: list, output_dir: Pat
     accumulation = gradient_accumulation(cfg.data.global_batch_size, cfg.data.batch_size, devices,
                                          cfg.trainer.num_nodes, cfg.trainer.accumulate_grad_batches)
     strategy = build_strategy(cfg.strategy, cfg.trainer.accelerator, cfg.data.batch_size)
-    return instantiate(cfg.trainer, logger=logger, callbacks=callbacks + [SaveDeepSpeedConfig(
-        output_dir / "deepspeed_config.json")], accumulate_grad_batches=accumulation, strategy=strategy,
-        default_root_dir=str(output_dir), use_distributed_sampler=False)
+    callbacks = callbacks + [SaveDeepSpeedConfig(output_dir / "deepspeed_config.json")]
+    if cfg.trainer.enable_progress_bar:
+        callbacks.append(ProgressBar())
+    return instantiate(cfg.trainer, logger=logger, callbacks=callbacks, accumulate_grad_batches=accumulation,
+                       strategy=strategy, default_root_dir=str(output_dir), use_distributed_sampler=False)
 
 
 def train(cfg: DictConfig, launched_at: Optional[float] = None) -> dict[str, Any]:
@@ -127,20 +135,22 @@ def train(cfg: DictConfig, launched_at: Optional[float] = None) -> dict[str, Any
     not trained again, and one that holds ``checkpoints/last.ckpt`` resumes from it.
     """
     launched_at = launched_at or time.time()
+    quiet_third_party()
     output_dir = Path(cfg.paths.output_dir)
     check_hardware(cfg.strategy, cfg.trainer.accelerator, torch.cuda.is_available())
     if cfg.resume == "auto" and (output_dir / "metrics.json").is_file():
-        print(f"rmlab: {output_dir} already holds metrics.json; skipping the finished run (resume=never reruns it)")
+        log.info(f"{output_dir} already holds metrics.json; skipping the finished run (resume=never reruns it)")
         return json.loads((output_dir / "metrics.json").read_text())
     ckpt_path = resume_checkpoint(cfg.resume, output_dir)
     if ckpt_path:
-        print(f"rmlab: resuming from {ckpt_path}")
-    pl.seed_everything(cfg.seed, workers=True)
+        log.info(f"resuming from {ckpt_path}")
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     zero3 = cfg.strategy.name == "deepspeed" and cfg.strategy.stage == 3
     bundle = build_reward_model(**OmegaConf.to_container(cfg.model, resolve=True), defer_model=zero3)
     pair_tokenizer = PairTokenizer(bundle.tokenizer, bundle.chat_template, cfg.data.max_length)
     datamodule = build_datamodule(cfg, pair_tokenizer)
+    datamodule.setup()  # read and tokenize now: a data error stops the run before the logger and trainer start
     eval_sets = load_eval_sets(cfg.eval.sets, pair_tokenizer)
     mapping = OmegaConf.to_container(cfg.data.section_mapping) if cfg.data.section_mapping else None
 
@@ -150,29 +160,35 @@ def train(cfg: DictConfig, launched_at: Optional[float] = None) -> dict[str, Any
         return heldout + eval_sets
 
     logger = build_logger(cfg)
-    timer = FirstStepTimer(launched_at)
-    scoring = FinalScoring(sets_to_score, bundle.tokenizer.pad_token_id, cfg.eval.batch_size)
-    callbacks = [instantiate(callback) for callback in cfg.callbacks.values()] + [timer, scoring]
-    trainer = build_trainer(cfg, logger, callbacks, output_dir)
-    steps = datamodule.optimizer_steps(trainer.world_size, trainer.accumulate_grad_batches,
-                                       cfg.trainer.max_epochs, cfg.trainer.max_steps)
-    module = RewardModule(bundle.model or bundle.load_model, instantiate(cfg.loss),
-                          instantiate(cfg.optimizer.optimizer), instantiate(cfg.optimizer.scheduler),
-                          cfg.optimizer.warmup_ratio, steps, cfg.on_nonfinite)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    if not trainer.is_global_zero:
-        return {}
-    if scoring.rewards is None:
-        raise RuntimeError("the fit ended without scoring the evaluation sets")
-    weights = scoring.consolidated_weights
-    bundle.model = module.model if weights is None else bundle.model_from_state_dict(weights)
-    metrics = finish_run(cfg, bundle, sets_to_score(), scoring.rewards, datamodule, trainer, module, output_dir)
+    try:
+        timer = FirstStepTimer(launched_at)
+        scoring = FinalScoring(sets_to_score, bundle.tokenizer.pad_token_id, cfg.eval.batch_size)
+        callbacks = [instantiate(callback) for callback in cfg.callbacks.values()] + [timer, scoring]
+        trainer = build_trainer(cfg, logger, callbacks, output_dir)
+        steps = datamodule.optimizer_steps(trainer.world_size, trainer.accumulate_grad_batches,
+                                           cfg.trainer.max_epochs, cfg.trainer.max_steps)
+        module = RewardModule(bundle.model or bundle.load_model, instantiate(cfg.loss),
+                              instantiate(cfg.optimizer.optimizer), instantiate(cfg.optimizer.scheduler),
+                              cfg.optimizer.warmup_ratio, steps, cfg.on_nonfinite)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        if not trainer.is_global_zero:
+            return {}
+        if scoring.rewards is None:
+            raise RuntimeError("the fit ended without scoring the evaluation sets")
+        weights = scoring.consolidated_weights
+        bundle.model = module.model if weights is None else bundle.model_from_state_dict(weights)
+        metrics = finish_run(cfg, bundle, sets_to_score(), scoring.rewards, datamodule, trainer, module, output_dir)
+    except BaseException:
+        if logger:
+            finish_logger(logger, {}, failed=True)  # the next job of a multirun must not log into this run
+        raise
     timing = {"first_step_s": timer.seconds, "wall_time_s": round(time.time() - launched_at, 1)}
     (output_dir / "timing.json").write_text(json.dumps(timing))
     if logger:
-        finish_logger(logger, {**metrics["table3"], "data": metrics["data"], "eval": metrics["eval"]})
+        finish_logger(logger, {**metrics["table3"], **metrics["train"], "data": metrics["data"],
+                               "eval": metrics["eval"]})
     print_results(metrics, output_dir)
-    print(f"rmlab: first training step after {timing['first_step_s']} s, run finished after {timing['wall_time_s']} s")
+    log.info(f"first training step after {timing['first_step_s']} s, run finished after {timing['wall_time_s']} s")
     return metrics
 
 

@@ -112,12 +112,73 @@ def build_tiny_tokenizer(*, chat_template: Optional[str] = TINY_CHAT_TEMPLATE, p
     return tokenizer
 
 
-def build_tiny_llama(tokenizer, seed: int = 0):
-    """A random 2-layer Llama reward model (num_labels=1) sized for ``tokenizer``."""
+# Chat templates that mimic three decoder families (see tests/test_reward_token.py), with their special tokens.
+LLAMA31_TEMPLATE = (
+    "{{- bos_token }}{%- if messages[0]['role'] == 'system' %}{%- set system_message = messages[0]['content']|trim %}"
+    "{%- set messages = messages[1:] %}{%- else %}{%- set system_message = '' %}{%- endif %}"
+    "{{- '<|start_header_id|>system<|end_header_id|>\\n\\n' }}{{- 'Cutting Knowledge Date: December 2023\\n' }}"
+    "{{- 'Today Date: 26 Jul 2024\\n\\n' }}{{- system_message }}{{- '<|eot_id|>' }}"
+    "{%- for message in messages %}{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + "
+    "message['content'] | trim + '<|eot_id|>' }}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}")
+QWEN25_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+    "{%- else %}{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+    "<|im_end|>\\n' }}{%- endif %}{%- for message in messages %}{%- if not (message.role == 'system' and loop.first) %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
+GEMMA2_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+    "{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}"
+    "{% endif %}{{ '<start_of_turn>' + role + '\\n' + message['content'] | trim + '<end_of_turn>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{'<start_of_turn>model\\n'}}{% endif %}")
+FAMILIES: dict[str, dict[str, Any]] = {  # special tokens in id order, the named ones, and the template
+    "llama3.1": {"specials": ["<|begin_of_text|>", "<|end_of_text|>", "<|finetune_right_pad_id|>",
+                              "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+                 "named": {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}, "template": LLAMA31_TEMPLATE},
+    "qwen2.5": {"specials": ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|fim_pad|>"],
+                "named": {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}, "template": QWEN25_TEMPLATE},
+    "qwen2.5-base": {"specials": ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|fim_pad|>"],
+                     "named": {"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}, "template": QWEN25_TEMPLATE},
+    "gemma2": {"specials": ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"],
+               "named": {"pad_token": "<pad>", "eos_token": "<eos>", "bos_token": "<bos>", "unk_token": "<unk>"},
+               "template": GEMMA2_TEMPLATE},
+}
+
+
+def build_family_tokenizer(family: str, vocab_size: int = 400):
+    """A byte-level BPE tokenizer with ``family``'s special tokens (same names and order, other ids), chat
+    template, BOS/EOS/PAD roles and BOS-adding post-processor (Llama, Gemma; Qwen adds none)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    spec = FAMILIES[family]
+    backend = Tokenizer(models.BPE(unk_token=spec["named"].get("unk_token")))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=spec["specials"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    backend.train_from_iterator(_CORPUS * 4, trainer)
+    bos = spec["named"].get("bos_token")
+    if bos:
+        backend.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                               special_tokens=[(bos, backend.token_to_id(bos))])
+    named = set(spec["named"].values())
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, **spec["named"],
+                                        additional_special_tokens=[t for t in spec["specials"] if t not in named])
+    tokenizer.chat_template = spec["template"]
+    return tokenizer
+
+
+def build_tiny_llama(tokenizer, seed: int = 0, extra_rows: int = 0):
+    """A random 2-layer Llama reward model (num_labels=1) sized for ``tokenizer`` (+ ``extra_rows`` unused
+    embedding rows, as Qwen2.5's embedding has more rows than its tokenizer has tokens)."""
     import torch
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+    config = LlamaConfig(vocab_size=len(tokenizer) + extra_rows, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=4, intermediate_size=64, max_position_embeddings=512, num_labels=1,
                          pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
@@ -249,3 +310,43 @@ def write_topic_pairs(path: Path, count: int) -> Path:
                      "rejected": prompt + [{"role": "assistant", "content": "no"}], "subset": "ab"[i % 2]})
     path.write_text("\n".join(json.dumps(r) for r in rows))
     return path
+
+
+# --------------------------------------------------------------------------- W&B offline runs
+def wandb_records(path: Path) -> list:
+    """The protobuf records of a W&B run file (``run-<id>.wandb``: a leveldb-style log of 32 KiB blocks after a
+    7-byte ``:W&B`` header; records may span blocks as FIRST/MIDDLE/LAST chunks)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data, block, pos, pending, records = path.read_bytes(), 32768, 7, b"", []
+    assert data[:4] == b":W&B", f"{path} is not a W&B run file"
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        payload, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind == 0:
+            continue
+        pending = payload if kind in (1, 2) else pending + payload
+        if kind in (1, 4):  # FULL or LAST: a whole record
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+    return records
+
+
+def wandb_summary_and_exit(run_dir: Path) -> tuple[dict[str, Any], Optional[int]]:
+    """The final summary (key -> value) and the exit code of the one offline W&B run under ``run_dir``."""
+    (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    summary, exit_code = {}, None
+    for record in wandb_records(path):
+        kind = record.WhichOneof("record_type")
+        if kind == "summary":
+            summary.update({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                            for item in record.summary.update})
+        elif kind == "exit":
+            exit_code = record.exit.exit_code
+    return summary, exit_code

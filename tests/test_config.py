@@ -46,7 +46,7 @@ def test_every_option_composes_and_validates(group, option):
     if group == "model" and option == "hf":
         overrides.append("model.name_or_path=some/model")
     if group == "data" and option == "local":
-        overrides.append("data.source=pairs.jsonl")
+        overrides.append("data.source=some/dataset")  # a hub id: its existence is checked when it loads
     if group == "strategy" and option.startswith(("deepspeed", "fsdp")):
         overrides.append("trainer=gpu")  # CUDA-only strategies are refused with trainer.accelerator=cpu
     if group == "model" and option in ("gemma2_27b", "llama3_1_8b"):  # bf16 weights need DeepSpeed's master copy
@@ -58,17 +58,21 @@ def test_every_option_composes_and_validates(group, option):
 
 
 def test_loss_yaml_names_its_class_and_schema():
+    """Each loss's hyperparameters have one home (rmlab/loss_params.py): the class inherits them, the option's
+    schema is them plus _target_, and the YAML only names the class."""
     from rmlab import losses
-    from rmlab.schemas import LOSS_SCHEMAS
+    from rmlab.loss_params import LOSS_SCHEMAS
 
     assert sorted(LOSS_SCHEMAS) == options("loss")
     for name in options("loss"):
         cfg = compose_config(f"loss={name}").loss
         cls = getattr(losses, cfg._target_.rsplit(".", 1)[-1])
+        assert losses.LOSSES[name] is cls
         assert "Δ" in (cls.__doc__ or "") or "r_c" in (cls.__doc__ or ""), f"{name}: formula missing in docstring"
-        schema_fields = {f.name for f in dataclasses.fields(LOSS_SCHEMAS[name])} - {"_target_"}
-        assert schema_fields == {f.name for f in dataclasses.fields(cls)}, name
-        assert hydra.utils.instantiate(cfg) == cls(), name  # the YAML defaults are the class defaults
+        schema_fields = {f.name: f.default for f in dataclasses.fields(LOSS_SCHEMAS[name]) if f.name != "_target_"}
+        assert schema_fields == {f.name: f.default for f in dataclasses.fields(cls)}, name
+        assert set(OmegaConf.load(CONF_DIR / "loss" / f"{name}.yaml")) == {"defaults", "_target_"}, name
+        assert hydra.utils.instantiate(cfg) == cls(), name
 
 
 @pytest.mark.parametrize("override,fragment", [
@@ -107,13 +111,21 @@ def test_cli_help_cfg_and_errors_are_fast_and_clear(tmp_path):
     for args, code, fragment in [
         (["--help"], 0, "loss: bt, bt_temperature"),
         (["--cfg", "job", "loss=focal"], 0, "rmlab.losses.FocalLoss"),
-        (["loss=focal", "loss.gamma=-1"], 2, "loss.gamma=-1.0 is invalid: must be >= 0"),
+        (["loss=focal", "loss.gamma=-1"], 2, "loss.gamma=-1.0 is invalid: must be a finite number >= 0"),
+        (["loss=tempered_log", "loss.t=2"], 2, "loss.t=2.0 is invalid: must be a finite number > 0.0 and <= 1.0"),
+        (["loss=focal", "loss.gamma=inf"], 2, "loss.gamma=inf is invalid"),
         (["loss=nope"], 1, "Available options"),
+        (["data=local"], 2, "rmlab: config error: data.source is not set"),
+        (["data=local", "data.source=nowhere/pairs.jsonl"], 2, "data.source='nowhere/pairs.jsonl' is invalid: no such"),
+        (["eval.sets=[{name: x, source: nowhere.parquet}]"], 2, "eval.sets[x].source='nowhere.parquet' is invalid"),
+        (["eval.sets=[{name: x, source: a/b, layout: chat}]"], 2, "eval.sets[x].layout='chat' is invalid"),
+        (["eval.sets=[{name: x, source: a/b, sections: rewardbnch}]"], 2, "eval.sets[x].sections='rewardbnch'"),
     ]:
         result = subprocess.run([sys.executable, "-X", "importtime", "-m", "rmlab", *args], cwd=tmp_path,
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == code, result.stderr[-2000:]
-        assert fragment in result.stdout + result.stderr
+        assert fragment in result.stdout + result.stderr, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr
         imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
         assert not imported & {"torch", "lightning", "transformers"}, f"{args} imported a heavy module"
 

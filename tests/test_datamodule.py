@@ -270,7 +270,7 @@ def test_datamodule_setup_and_loaders(pair_tokenizer, tiny_tokenizer):
         assert (ids[mask == 0] == tiny_tokenizer.pad_token_id).all()
         for row in range(ids.shape[0]):
             real = ids[row][mask[row] == 1].tolist()
-            assert real[0] == tiny_tokenizer.bos_token_id and real[-1] == tiny_tokenizer.eos_token_id
+            assert real[0] == tiny_tokenizer.bos_token_id and real[-1] == pair_tokenizer.end_token_id
             assert mask[row].tolist() == sorted(mask[row].tolist(), reverse=True)  # right padding
         for row in range(half):
             chosen = tuple(ids[row][mask[row] == 1].tolist())

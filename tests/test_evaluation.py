@@ -144,3 +144,52 @@ def test_table3_row_comes_from_the_set_marked_rewardbench_whatever_its_name():
     assert reports["rb_filtered"]["subset_weights"] == {"alpacaeval-easy": 100, "xstest-should-respond": 250,
                                                          "hep-go": 164}
     assert math.isclose(reports["heldout"]["Avg"], 1.0)
+
+
+# --------------------------------------------------------------------------- python -m rmlab.evaluate
+@pytest.mark.slow
+def test_evaluate_cli_scores_an_export_exactly_as_its_training_run(tmp_path, tiny_llama_dir):
+    """Train, then score the export with ``python -m rmlab.evaluate`` and the run's own overrides: the same
+    reports, Table 3 row and rewards, to the bit."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    data = write_topic_pairs(tmp_path / "pairs.jsonl", 64)
+    run_dir, eval_dir = tmp_path / "run", tmp_path / "evaluated"
+    overrides = ["model=hf", f"model.name_or_path={tiny_llama_dir}", "data=local", f"data.source={data}",
+                 "data.max_length=48", "data.batch_size=4", "data.section_mapping={Chat:[a],Safety:[b]}",
+                 "logger=none", "trainer.enable_progress_bar=false", "optimizer.optimizer.lr=1e-3"]
+    trained = subprocess.run([sys.executable, "-m", "rmlab", *overrides, f"hydra.run.dir={run_dir}"],
+                             capture_output=True, text=True, timeout=600)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    saved = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
+    again = [o for o in saved if not o.startswith(("model.name_or_path=", "hydra."))]
+    evaluated = subprocess.run([sys.executable, "-m", "rmlab.evaluate", *again,
+                                f"model.name_or_path={run_dir / 'export'}", f"hydra.run.dir={eval_dir}"],
+                               capture_output=True, text=True, timeout=600)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    train_metrics, eval_metrics = (json.loads((d / "metrics.json").read_text()) for d in (run_dir, eval_dir))
+    assert eval_metrics["eval"] == train_metrics["eval"] and eval_metrics["table3"] == train_metrics["table3"]
+    assert set(train_metrics["table3"]) == {"Avg", "Chat", "Safety"}
+    assert (eval_dir / "rewards" / "heldout.jsonl").read_bytes() == (run_dir / "rewards" / "heldout.jsonl").read_bytes()
+    assert not (eval_dir / "checkpoints").exists() and not (eval_dir / "export").exists()  # nothing trained
+
+
+@pytest.mark.parametrize("kind", ["three_labels", "no_head"])
+def test_evaluate_refuses_a_model_that_is_not_a_one_label_reward_model(kind, tmp_path, tiny_tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+
+    from rmlab.model import build_reward_model
+    from rmlab.schemas import ConfigError
+
+    config = LlamaConfig(vocab_size=len(tiny_tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32, num_labels=3, pad_token_id=tiny_tokenizer.pad_token_id)
+    model = LlamaForSequenceClassification(config) if kind == "three_labels" else LlamaForCausalLM(config)
+    model.save_pretrained(tmp_path)
+    tiny_tokenizer.save_pretrained(tmp_path)
+    expected = "has a 3-label head" if kind == "three_labels" else "no sequence-classification head"
+    with pytest.raises(ConfigError, match=expected):
+        build_reward_model(str(tmp_path), require_head=True)
+    build_reward_model(str(tmp_path))  # training may start from it: a fresh one-label head

@@ -58,7 +58,11 @@ def ref_pair(name: str, p: dict, rc, rr, m):
         return -log_sig(rc - m / 2) - log_sig(-(rr + m / 2))
     if name == "tempered_log":
         t = mp.mpf(p.get("t", 0.5))
-        return -log_sig(z) if t == 1 else -(sig(z) ** (1 - t) - 1) / (1 - t)
+        log_t = -log_sig(z) if t == 1 else -(sig(z) ** (1 - t) - 1) / (1 - t)
+        if p.get("form", "log_t") == "log_t":
+            return log_t
+        # Amid et al. 2019, bi-tempered binary logistic loss with t1 = t, t2 = 1 (probabilities σ(z), σ(−z))
+        return log_t - (1 - sig(z) ** (2 - t) - sig(-z) ** (2 - t)) / (2 - t)
     raise KeyError(name)
 
 
@@ -130,6 +134,9 @@ CASES = [
     ("tempered_log", {"t": 0.1}),
     ("tempered_log", {"t": 1.0 - 1e-4}),
     ("tempered_log", {"t": 1.0}),
+    ("tempered_log", {"form": "bi_tempered"}),
+    ("tempered_log", {"form": "bi_tempered", "t": 0.2}),
+    ("tempered_log", {"form": "bi_tempered", "t": 1.0}),
 ]
 
 
@@ -366,7 +373,7 @@ def test_focal_penalty_value_beyond_bound_matches_reference():
     + [(c, {"center_rewards_coefficient": -0.1}, "center_rewards_coefficient") for c in L.LOSSES.values()],
 )
 def test_invalid_hyperparameters(cls, kwargs, param):
-    with pytest.raises(ValueError, match=rf"{param} must be a finite number"):
+    with pytest.raises(ValueError, match=rf"loss\.{param}=.* is invalid: must be a finite number"):
         cls(**kwargs)
 
 
@@ -416,7 +423,7 @@ def test_constructor_signatures():
         "hinge": {"target_margin": 1.0},
         "margin_mse": {"target_margin": 1.0},
         "cross_entropy": {},
-        "tempered_log": {"t": 0.5},
+        "tempered_log": {"t": 0.5, "form": "log_t"},
     }
     for name, cls in L.LOSSES.items():
         params = inspect.signature(cls).parameters

@@ -76,7 +76,7 @@ def test_build_tiny_llama(llama_bundle, tiny_llama_dir):
     assert model.get_input_embeddings().num_embeddings == len(tok) == len(original)
     assert model.training  # Lightning keeps the mode it finds
     rendered = tok.apply_chat_template(CONVERSATIONS[0], chat_template=llama_bundle.chat_template, tokenize=False)
-    assert rendered.endswith(tok.eos_token)
+    assert rendered.endswith(tok.eos_token + "\n")  # the template's own closing: nothing appended
 
 
 def test_build_minilm_is_encoder(minilm_bundle):
@@ -87,12 +87,14 @@ def test_build_minilm_is_encoder(minilm_bundle):
     assert model.config.pad_token_id == tok.pad_token_id
 
 
-def test_ensure_distinct_pad_reuses_unk(tiny_llama_dir):
+def test_ensure_distinct_pad_prefers_a_shipped_pad_token_then_unk(tiny_llama_dir, tiny_llama_pad_is_eos_with_unk_dir):
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
     tok.pad_token = tok.eos_token
     assert tok.pad_token_id == tok.eos_token_id
     assert ensure_distinct_pad(tok) is False
-    assert tok.pad_token == "<unk>" and tok.pad_token_id not in (tok.eos_token_id, tok.bos_token_id)
+    assert tok.pad_token == "<pad>" and tok.pad_token_id not in (tok.eos_token_id, tok.bos_token_id)
+    tok = AutoTokenizer.from_pretrained(tiny_llama_pad_is_eos_with_unk_dir)  # no <pad> in its vocabulary
+    assert ensure_distinct_pad(tok) is False and tok.pad_token == "<unk>"
     tok.pad_token = None
     assert ensure_distinct_pad(tok) is False and tok.pad_token == "<unk>"
 
@@ -130,7 +132,7 @@ def test_build_pad_is_eos_without_unk_adds_pad_and_resizes(tiny_llama_pad_is_eos
 def check_padding_invariance(bundle):
     sequences = encode_all(bundle)
     assert len({len(s) for s in sequences}) == len(sequences)
-    assert all(s[-1] == bundle.tokenizer.eos_token_id for s in sequences)
+    assert len({s[-1] for s in sequences}) == 1  # every conversation ends with the reward token
     pad = bundle.tokenizer.pad_token_id
     alone = single_rewards(bundle.model, sequences)
     right = padded_rewards(bundle.model, sequences, pad, "right")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 
+import pytest
+
 import torch
 
 from rmlab.losses import BradleyTerryLoss
@@ -34,3 +36,42 @@ def test_weight_decay_goes_to_the_same_parameters_under_zero3(tiny_llama_dir):
     decayed, not_decayed = plain
     assert "score.weight" in decayed and "model.embed_tokens.weight" in decayed and len(decayed) == 16
     assert all("norm" in name for name in not_decayed) and len(not_decayed) == 5
+
+
+def test_epoch_statistics_are_exact_over_all_pairs():
+    """Sums over batches of different sizes give the epoch's statistics over its pairs (float64 by hand)."""
+    from rmlab.module import EpochStatistics
+
+    batches = [([1.0, 2.0, -1.0], [0.5, 2.5, -2.0], 0.7), ([3.0], [1.0], 0.2), ([0.0, 0.0], [0.0, 1.0], 1.1)]
+    stats = EpochStatistics()
+    for chosen, rejected, loss in batches:
+        stats.update(*(torch.tensor(v, dtype=torch.float64) for v in (loss, chosen, rejected)))
+    means = EpochStatistics.means(stats.sums)
+    chosen = [c for b in batches for c in b[0]]
+    rejected = [r for b in batches for r in b[1]]
+    n = len(chosen)
+
+    def std(values):
+        mean = sum(values) / len(values)
+        return (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
+
+    assert means["loss"] == pytest.approx((0.7 * 3 + 0.2 * 1 + 1.1 * 2) / n, rel=1e-12)
+    assert means["accuracy"] == pytest.approx(3 / 6) and means["margin"] == pytest.approx((sum(chosen) - sum(rejected)) / n)
+    assert means["reward_chosen_std"] == pytest.approx(std(chosen), rel=1e-12)
+    assert means["reward_rejected_mean"] == pytest.approx(sum(rejected) / n, rel=1e-12)
+    assert means["reward_rejected_std"] == pytest.approx(std(rejected), rel=1e-12)
+
+
+def test_progress_bar_counts_epochs_from_one_and_hides_the_logger_version():
+    from types import SimpleNamespace
+
+    from rmlab.console import ProgressBar
+
+    bar = ProgressBar()
+    bar._trainer = SimpleNamespace(max_epochs=2)
+    assert bar._get_train_description(0).strip() == "Epoch 1/2"
+    import lightning.pytorch as pl
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pl.callbacks.RichProgressBar, "get_metrics", lambda self, t, m: {"v_num": "x1", "loss": 0.5})
+        assert bar.get_metrics(None, None) == {"loss": 0.5}

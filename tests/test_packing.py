@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import os
-import pickle
 import threading
 
 import pytest
@@ -375,14 +374,14 @@ def test_cache_hit_equals_fresh_tokenization(tiny_tokenizer, cache_dir):
     assert len(fresh.train_pairs) + len(fresh.heldout_pairs) == 34 + truncated and fresh.heldout_pairs
     first = datamodule(pair_tokenizer, pairs, cache_dir)
     first.setup()
-    assert first.tokenized_cache_hit is False and len(list(cache_dir.glob("*.pkl"))) == 1
+    assert first.tokenized_cache_hit is False and len(list(cache_dir.glob("*.npz"))) == 1
     second = datamodule(pair_tokenizer, pairs, cache_dir)
     second.setup()
     assert second.tokenized_cache_hit is True
     for other in (first, second):
         assert other.train_pairs == fresh.train_pairs and other.heldout_pairs == fresh.heldout_pairs
         assert other.stats.as_dict() == fresh.stats.as_dict()
-    assert [f.name for f in cache_dir.iterdir()] == [next(cache_dir.glob("*.pkl")).name]  # no temporary left
+    assert [f.name for f in cache_dir.iterdir()] == [next(cache_dir.glob("*.npz")).name]  # no temporary left
     with pytest.raises(DataError, match="response_too_long"):  # on_bad_row=error raises from the cache too
         datamodule(pair_tokenizer, pairs, cache_dir, on_bad_row="error").setup()
 
@@ -411,7 +410,7 @@ def test_cache_misses_when_an_input_changes(tiny_tokenizer, tiny_llama_dir, cach
     assert any(isinstance(r, BadRow) for r in results) and any(isinstance(r, TokenizedPair) for r in results)
     shorter, hit = tokenize_all(pairs, changed["max_length"][1], cache_dir)
     assert hit is False and plain(shorter) != plain(results)
-    assert len(list(cache_dir.glob("*.pkl"))) == 2
+    assert len(list(cache_dir.glob("*.npz"))) == 2
 
 
 def test_cache_location_and_switch(tmp_path, monkeypatch):
@@ -430,12 +429,17 @@ def test_damaged_cache_is_a_miss_and_rewritten(tiny_tokenizer, cache_dir):
     pair_tokenizer = PairTokenizer(tiny_tokenizer, reward_chat_template(tiny_tokenizer), 48)
     pairs = make_pairs(10)
     results, _ = tokenize_all(pairs, pair_tokenizer, cache_dir)
-    path = next(cache_dir.glob("*.pkl"))
-    for damage in (b"not a pickle", pickle.dumps({"version": 1, "count": 3})):
+    path = next(cache_dir.glob("*.npz"))
+    import numpy as np
+
+    pickled = tmp_bytes = path.with_name("pickled.npz")
+    np.savez(pickled, version=np.int64(2), lengths=np.array([object()], dtype=object))  # needs pickle to load
+    for damage in (b"not an npz", tmp_bytes.read_bytes()):
         path.write_bytes(damage)
         again, hit = tokenize_all(pairs, pair_tokenizer, cache_dir)
         assert hit is False and plain(again) == plain(results)
         assert plain(_read_tokenized(path, pairs)) == plain(results)  # rewritten
+    pickled.unlink()
 
 
 def test_concurrent_writers_leave_a_whole_file(tiny_tokenizer, tmp_path):
@@ -443,7 +447,7 @@ def test_concurrent_writers_leave_a_whole_file(tiny_tokenizer, tmp_path):
     pairs = make_pairs(30, long_every=4)
     results, _ = tokenize_all(pairs, pair_tokenizer, None)
     assert sum(isinstance(r, BadRow) for r in results) == 8
-    path = tmp_path / "entry.pkl"
+    path = tmp_path / "entry.npz"
     errors = []
 
     def write():
@@ -460,7 +464,7 @@ def test_concurrent_writers_leave_a_whole_file(tiny_tokenizer, tmp_path):
         thread.start()
     for thread in threads:
         thread.join()
-    assert not errors and os.listdir(tmp_path) == ["entry.pkl"]
+    assert not errors and os.listdir(tmp_path) == ["entry.npz"]
     assert plain(_read_tokenized(path, pairs)) == plain(results)
 
 

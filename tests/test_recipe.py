@@ -240,8 +240,8 @@ def test_rm_filter_keeps_exactly_the_pairs_the_model_ranks_correctly(tmp_path, t
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_llama_dir).eval()
 
-    def reward(messages: list[dict]) -> float:  # rmlab's rule: the tokenizer's template, then EOS appended
-        text = tokenizer.apply_chat_template(messages, tokenize=False) + tokenizer.eos_token
+    def reward(messages: list[dict]) -> float:  # rmlab's rule: the template closes with </s>\n: used as is
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         assert len(ids) <= 64
         with torch.no_grad():

@@ -795,22 +795,27 @@ def bad_data_runs(work, base, data_file) -> dict[str, Any]:
     return {"results": results, "bad": bad, "bad_line": bad_line, "missing": missing, "empty": empty}
 
 
+def one_line_error(result: Result, kind: str, code: int) -> str:
+    """A user's error: exit ``code`` and one ``rmlab: <kind>:`` line on stderr, no Python traceback."""
+    assert result.returncode == code, result.tail()
+    assert "Traceback" not in result.output, result.tail()
+    lines = [line for line in result.stderr.splitlines() if line.startswith(f"rmlab: {kind}:")]
+    assert len(lines) == 1, result.tail()
+    return lines[0]
+
+
 def test_bad_row_with_on_bad_row_error_names_file_and_line(bad_data_runs):
-    result = bad_data_runs["results"]["bad_row"]
-    assert result.returncode != 0
-    assert f"{bad_data_runs['bad']}:{bad_data_runs['bad_line']}: invalid_json" in result.stderr, result.tail()
-    assert "data.on_bad_row=skip" in result.stderr
+    line = one_line_error(bad_data_runs["results"]["bad_row"], "data error", 1)
+    assert f"{bad_data_runs['bad']}:{bad_data_runs['bad_line']}: invalid_json" in line
+    assert "data.on_bad_row=skip" in line
 
 
-def test_missing_data_file_names_the_file_and_the_fix(bad_data_runs):
-    result = bad_data_runs["results"]["missing"]
-    assert result.returncode != 0
-    assert f"{bad_data_runs['missing']}: no such file. Fix: point data.source at" in result.stderr, result.tail()
+def test_missing_data_file_is_a_config_error_before_anything_loads(bad_data_runs):
+    line = one_line_error(bad_data_runs["results"]["missing"], "config error", 2)
+    assert f"data.source='{bad_data_runs['missing']}' is invalid: no such file" in line
 
 
 def test_empty_dataset_after_filtering_is_a_clear_error(bad_data_runs):
-    result = bad_data_runs["results"]["empty"]
-    assert result.returncode != 0
-    assert "no training pairs left after filtering" in result.stderr, result.tail()
-    assert "'rows_read': 3" in result.stderr and "'rows_used': 0" in result.stderr
-    assert "Fix:" in result.stderr
+    line = one_line_error(bad_data_runs["results"]["empty"], "data error", 1)
+    assert "no training pairs left after filtering" in line
+    assert "'rows_read': 3" in line and "'rows_used': 0" in line and "Fix:" in line

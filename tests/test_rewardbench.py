@@ -4,10 +4,10 @@ import math
 
 import pytest
 
+from rmlab.data.embedded import SECTION_MAPPING
 from rmlab.rewardbench import (
     EXAMPLE_COUNTS,
     MATH_PRM_ACTUAL_COUNT,
-    RMLAB_SUBSET_MAPPING,
     SECTIONS,
     SUBSET_MAPPING,
     accuracy_by_subset,
@@ -184,7 +184,7 @@ def test_report_on_rmlab_categories():
     rejected = [0.0, 0.0, 1.0, 0.3, 0.1, 0.9, 1.0]
     subsets = ["chat", "chat", "chat", "chat_hard", "chat_hard", "chat_hard", "safety"]
     # chat 2/3; chat_hard: tie, correct, wrong -> 1/3; safety 1/1
-    result = evaluation_report(chosen, rejected, subsets, example_counts={}, subset_mapping=RMLAB_SUBSET_MAPPING)
+    result = evaluation_report(chosen, rejected, subsets, example_counts={}, subset_mapping=SECTION_MAPPING)
     assert result["sections"] == pytest.approx({"Chat": 2 / 3, "Chat Hard": 1 / 3, "Safety": 1.0})
     assert result["Avg"] == pytest.approx((2 / 3 + 1 / 3 + 1.0) / 3)
     assert result["accuracy"] == pytest.approx(4 / 7)

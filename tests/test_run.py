@@ -46,11 +46,11 @@ def finished_run(tmp_path_factory, tiny_llama_dir):
                "logger.name=e2e", "logger.group=tests", "seed=3", f"hydra.run.dir={run_dir}"]
     result = subprocess.run(command, cwd=tmp, env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return run_dir, data, rows, result.stdout
+    return run_dir, data, rows, result.stdout, result.stderr
 
 
 def test_run_writes_metrics_config_and_checkpoint(finished_run):
-    run_dir, _, rows, stdout = finished_run
+    run_dir, _, rows, stdout, _ = finished_run
     metrics = json.loads((run_dir / "metrics.json").read_text())
     data = metrics["data"]
     assert data["rows_read"] == rows
@@ -118,3 +118,67 @@ def test_training_data_can_be_a_mixture(tmp_path):
     assert stats.rows_read == 2 * 98 and stats.rows_used == len(pairs)
     assert stats.rows_used + sum(stats.skipped.values()) == stats.rows_read
     assert stats.skipped["over_cap"] == 86
+
+
+NOISE = ("litlogger", "anonymous setting", "LeafSpec", "Setting accelerator to CPU", "LOAD REPORT", "Warning",
+         "warnings.warn", "v_num", "Loading weights", "Writing model shards", "Traceback", "wandb:")
+
+
+def test_console_output_has_no_duplicated_line_and_no_third_party_noise(finished_run):
+    _, _, _, stdout, stderr = finished_run
+    lines = [line.strip() for line in (stdout + stderr).splitlines() if line.strip()]
+    words = [line for line in lines if any(c.isalpha() for c in line) and not line.startswith(("│", "┃", "┏", "┡", "└"))]
+    repeated = {line for line in words if words.count(line) > 1}
+    assert not repeated, repeated
+    assert not [line for line in lines if any(noise in line for noise in NOISE)], stdout + stderr
+    assert any(line.startswith("W&B: offline run in") for line in lines)
+    assert any("first training step" in line for line in lines) and "Epoch 2/2" in stdout
+
+
+def test_run_log_is_named_after_rmlab_and_holds_rmlabs_messages(finished_run):
+    run_dir, *_ = finished_run
+    log = (run_dir / "rmlab.log").read_text()
+    assert "[rmlab.train][INFO] - first training step" in log and "[rmlab.module][INFO] - weight decay" in log
+    assert not list(run_dir.glob("__main__*.log"))
+
+
+def test_train_block_holds_epoch_means_and_matches_the_wandb_summary(finished_run):
+    from conftest import wandb_summary_and_exit
+
+    run_dir, *_ = finished_run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    summary, exit_code = wandb_summary_and_exit(run_dir)
+    assert exit_code == 0
+    train = metrics["train"]
+    assert {"train/loss", "train/accuracy", "train/margin", "val/loss", "val/accuracy"} <= set(train)
+    for key, value in train.items():
+        assert summary[key] == pytest.approx(value, rel=1e-12), key
+    # epoch means over every pair of the last epoch: an accuracy over ~67 pairs, not one 2-pair batch's 0, 0.5 or 1
+    pairs = metrics["run"]["train_pairs"]
+    assert round(train["train/accuracy"] * pairs) == pytest.approx(train["train/accuracy"] * pairs, abs=1e-6)
+
+
+def test_a_failed_multirun_job_closes_its_wandb_run_as_failed(tmp_path, tiny_llama_dir):
+    """Job 0 stops on a NaN after W&B started; its W&B run ends with exit code 1, and job 1 (same process)
+    logs into a run of its own."""
+    from conftest import wandb_summary_and_exit
+
+    data = tmp_path / "pairs.jsonl"
+    write_pairs(data)
+    sweep = tmp_path / "sweep"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(NETRC=str(tmp_path / "no-netrc"), WANDB_DIR=str(tmp_path / "wandb-dir"),
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")]))
+    command = [sys.executable, "-m", "rmlab", "--multirun", "model=hf", f"model.name_or_path={tiny_llama_dir}",
+               "data=local", f"data.source={data}", "data.max_length=160", "data.batch_size=8",
+               "trainer.enable_progress_bar=false", "loss._target_=faults.NaNAtThirdStep,rmlab.losses.BradleyTerryLoss",
+               f"hydra.sweep.dir={sweep}"]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    failed, finished = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert (failed / "failed.json").is_file() and (finished / "metrics.json").is_file()
+    failed_summary, failed_exit = wandb_summary_and_exit(failed)
+    summary, exit_code = wandb_summary_and_exit(finished)
+    assert failed_exit == 1 and exit_code == 0
+    assert "eval" in summary and "train/loss" in summary and "eval" not in failed_summary

@@ -69,20 +69,23 @@ def test_fallback_template_for_encoder_without_template(minilm_tokenizer):
     assert pair_tokenizer.end_token_id == tok.sep_token_id
 
 
-def test_tiny_llama_template_gets_eos_appended(tiny_tokenizer, tiny_chat_template):
+def test_template_closing_turns_with_a_special_token_is_kept(tiny_tokenizer, tiny_chat_template):
+    """The tiny template closes each turn with ``</s>\n`` (as Zephyr's does): no EOS is appended, and the reward
+    token is the template's own last token, the ``\n`` (as Qwen2.5's ``<|im_end|>\n`` and Gemma-2's
+    ``<end_of_turn>\n``)."""
     tok = tiny_tokenizer
     assert tok.chat_template == tiny_chat_template
     template = reward_chat_template(tok)
-    assert template == tiny_chat_template + "{{ eos_token }}"
+    assert template == tiny_chat_template
     text = tok.apply_chat_template(CONVERSATION, chat_template=template, tokenize=False)
-    assert text == ("<s><|user|>\nHello world, how are you?</s>\n<|assistant|>\nI am fine, thank you.</s>\n</s>")
-    ids = PairTokenizer(tok, template, 512).encode(CONVERSATION)
+    assert text == ("<s><|user|>\nHello world, how are you?</s>\n<|assistant|>\nI am fine, thank you.</s>\n")
+    pair_tokenizer = PairTokenizer(tok, template, 512)
+    ids = pair_tokenizer.encode(CONVERSATION)
     expected = ([tok.bos_token_id] + plain(tok, "<|user|>\nHello world, how are you?") + [tok.eos_token_id]
-                + plain(tok, "\n<|assistant|>\nI am fine, thank you.") + [tok.eos_token_id]
-                + plain(tok, "\n") + [tok.eos_token_id])
+                + plain(tok, "\n<|assistant|>\nI am fine, thank you.") + [tok.eos_token_id] + plain(tok, "\n"))
     assert ids == expected
-    assert ids[-1] == tok.eos_token_id
-    assert ids.count(tok.bos_token_id) == 1  # no second BOS from add_special_tokens
+    assert ids[-1] == pair_tokenizer.end_token_id == plain(tok, "\n")[0] and ids[-2] == tok.eos_token_id
+    assert ids.count(tok.bos_token_id) == 1 and ids.count(tok.eos_token_id) == 2  # no second BOS, no extra EOS
 
 
 def test_tiny_llama_without_template_uses_fallback(no_template_tokenizer):
@@ -212,7 +215,7 @@ def test_pair_tokenizer_truncates_real_conversation(tiny_tokenizer):
     full = PairTokenizer(tiny_tokenizer, template, 4096)
     pair = _long_prompt_pair()
     chosen_full, rejected_full = full.encode(pair.chosen), full.encode(pair.rejected)
-    response_text = "\nParis is the capital.</s>\n</s>"
+    response_text = "\nParis is the capital.</s>\n"
     response_ids = plain(tiny_tokenizer, response_text)
     assert chosen_full[-len(response_ids):] == response_ids
     max_length = len(response_ids) + 6
@@ -222,7 +225,7 @@ def test_pair_tokenizer_truncates_real_conversation(tiny_tokenizer):
         assert len(truncated) == max_length
         assert truncated[0] == tiny_tokenizer.bos_token_id
         assert truncated[1:] == original[len(original) - max_length + 1:]
-        assert truncated[-1] == tiny_tokenizer.eos_token_id
+        assert truncated[-1] == full.end_token_id
     assert out.chosen_ids[-len(response_ids):] == response_ids
     # Far too small: dropped.
     with pytest.raises(BadRow) as info:

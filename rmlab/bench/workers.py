@@ -180,7 +180,7 @@ def run_rmlab(spec: dict[str, Any], packing: str = "auto") -> dict[str, Any]:
     pair_tokenizer = PairTokenizer(bundle.tokenizer, bundle.chat_template, cfg.data.max_length)
     stats = RowStats(rows_read=len(pairs), rows_used=len(pairs))
     datamodule = PreferenceDataModule(lambda: (pairs, stats), pair_tokenizer, val_fraction=0.0,
-                                      batch_size=cfg.data.batch_size, eval_batch_size=cfg.data.eval_batch_size,
+                                      batch_size=cfg.data.batch_size, eval_batch_size=cfg.eval.batch_size,
                                       on_bad_row=cfg.data.on_bad_row, num_workers=cfg.data.num_workers, seed=cfg.seed)
     steps = datamodule.optimizer_steps(trainer.world_size, trainer.accumulate_grad_batches, cfg.trainer.max_epochs,
                                        cfg.trainer.max_steps)

@@ -24,10 +24,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-import pickle
 import random
-import sys
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
@@ -39,6 +38,7 @@ from torch.utils.data import DataLoader, Sampler
 from rmlab.data.formats import BadRow, DataError, PreferencePair, RowStats
 from rmlab.data.tokenize import PairTokenizer, TokenizedPair
 
+log = logging.getLogger(__name__)
 WINDOW_BATCHES = 50
 
 
@@ -91,7 +91,7 @@ def tokenize_one(pair_tokenizer: PairTokenizer, pair: PreferencePair) -> Tokeniz
 
 
 # --------------------------------------------------------------------------- tokenization cache
-TOKENIZATION_VERSION = 1  # bump when PairTokenizer's output for the same inputs changes (its source is hashed too)
+TOKENIZATION_VERSION = 2  # bump when PairTokenizer's output for the same inputs changes (its source is hashed too)
 CACHE_ENV = "RMLAB_TOKENIZED_CACHE"
 
 
@@ -138,36 +138,43 @@ def tokenization_key(pairs: Sequence[PreferencePair], pair_tokenizer: PairTokeni
 
 
 def _write_tokenized(path: Path, results: Sequence[TokenizedPair | BadRow]) -> None:
+    """An ``.npz`` of plain arrays (no pickle): token ids, lengths, and each bad row's index, reason and detail."""
     import numpy as np
 
     lengths = np.full((len(results), 2), -1, dtype=np.int64)
-    bad, flat = {}, []
+    bad_index, bad_reason, bad_detail, flat = [], [], [], []
     for index, result in enumerate(results):
         if isinstance(result, BadRow):
-            bad[index] = (result.reason, str(result).split(": ", 1)[-1])
+            bad_index.append(index)
+            bad_reason.append(result.reason)
+            bad_detail.append(str(result).split(": ", 1)[-1])
         else:
             lengths[index] = (len(result.chosen_ids), len(result.rejected_ids))
             flat += result.chosen_ids
             flat += result.rejected_ids
-    payload = {"version": TOKENIZATION_VERSION, "count": len(results), "lengths": lengths,
-               "tokens": np.asarray(flat, dtype=np.int64), "bad": bad}
+    arrays = {"version": np.int64(TOKENIZATION_VERSION), "lengths": lengths, "tokens": np.asarray(flat, dtype=np.int64),
+              "bad_index": np.asarray(bad_index, dtype=np.int64), "bad_reason": np.asarray(bad_reason, dtype=str),
+              "bad_detail": np.asarray(bad_detail, dtype=str)}
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         with open(temporary, "wb") as handle:
-            pickle.dump(payload, handle, protocol=pickle.HIGHEST_PROTOCOL)
+            np.savez(handle, **arrays)
         os.replace(temporary, path)  # atomic: a concurrent job sees the old file, the new one, or none
     finally:
         temporary.unlink(missing_ok=True)
 
 
 def _read_tokenized(path: Path, pairs: Sequence[PreferencePair]) -> Optional[list[TokenizedPair | BadRow]]:
+    import numpy as np
+
     try:
-        with open(path, "rb") as handle:
-            payload = pickle.load(handle)
-        if payload["version"] != TOKENIZATION_VERSION or payload["count"] != len(pairs):
-            return None
-        flat, lengths, bad = payload["tokens"].tolist(), payload["lengths"].tolist(), payload["bad"]
+        with np.load(path, allow_pickle=False) as arrays:
+            if int(arrays["version"]) != TOKENIZATION_VERSION or len(arrays["lengths"]) != len(pairs):
+                return None
+            flat, lengths = arrays["tokens"].tolist(), arrays["lengths"].tolist()
+            bad = {int(i): (str(reason), str(detail)) for i, reason, detail in
+                   zip(arrays["bad_index"], arrays["bad_reason"], arrays["bad_detail"])}
     except FileNotFoundError:
         return None
     except Exception:  # a damaged or foreign file: a miss, rewritten below
@@ -187,7 +194,7 @@ def _read_tokenized(path: Path, pairs: Sequence[PreferencePair]) -> Optional[lis
 def tokenize_all(pairs: Sequence[PreferencePair], pair_tokenizer: PairTokenizer,
                  cache_dir: Optional[Path]) -> tuple[list[TokenizedPair | BadRow], Optional[bool]]:
     """Each pair's TokenizedPair or BadRow, and whether they came from the cache (None: no cache)."""
-    path = cache_dir / f"{tokenization_key(pairs, pair_tokenizer)}.pkl" if cache_dir is not None else None
+    path = cache_dir / f"{tokenization_key(pairs, pair_tokenizer)}.npz" if cache_dir is not None else None
     if path is not None:
         cached = _read_tokenized(path, pairs)
         if cached is not None:
@@ -197,8 +204,8 @@ def tokenize_all(pairs: Sequence[PreferencePair], pair_tokenizer: PairTokenizer,
         try:
             _write_tokenized(path, results)
         except OSError as err:
-            print(f"rmlab: could not write the tokenization cache ({err}); set {CACHE_ENV}=off or to a writable "
-                  "directory", file=sys.stderr)
+            log.warning(f"could not write the tokenization cache ({err}); set {CACHE_ENV}=off or to a writable "
+                        "directory")
     return results, False if path is not None else None
 
 
@@ -313,7 +320,7 @@ class PreferenceDataModule(pl.LightningDataModule):
         pairs, self.stats = self.pairs_loader()
         results, self.tokenized_cache_hit = tokenize_all(pairs, self.pair_tokenizer, self.cache_dir)
         if self.tokenized_cache_hit and (self.trainer is None or self.trainer.is_global_zero):
-            print(f"rmlab: {len(pairs)} pairs tokenized earlier, read from the cache in {self.cache_dir}")
+            log.info(f"{len(pairs)} pairs tokenized earlier, read from the cache in {self.cache_dir}")
         train, heldout = split_indices(pairs, self.val_fraction)
         self.train_pairs = tokenize_pairs([pairs[i] for i in train], self.pair_tokenizer, self.stats,
                                           self.on_bad_row, [results[i] for i in train])

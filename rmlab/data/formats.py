@@ -24,6 +24,7 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 
 Message = dict[str, str]
 ROLES = ("system", "user", "assistant")
+LAYOUTS = ("auto", "messages", "prompt_response", "hh")  # data.layout, eval.sets[*].layout, tool inputs
 _HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):[ ]?")
 
 

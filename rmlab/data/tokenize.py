@@ -1,11 +1,20 @@
 """PreferencePair → TokenizedPair: the chat template, the reward token and the truncation policy.
 
-**Template.** The tokenizer's chat template is used as is, except that rmlab makes it end every
-conversation with the EOS token (appending ``{{ eos_token }}`` when a rendered sample does not
-already end with it), so the reward of a decoder is always read at an EOS. Tokenizers with no
-template get :data:`FALLBACK_CHAT_TEMPLATE`: ``<bos|cls>role: content\\n ... <eos|sep>``.
-The template rmlab used is exported with the model, and ``tokenizer(text, add_special_tokens=False)``
-of the rendered text (what ``apply_chat_template(tokenize=True)`` does) gives the same ids.
+**Template and reward token.** Conversations are rendered with the tokenizer's chat template as is,
+and a decoder's reward is read at the last token of the rendering: the token that closes the final
+assistant turn. When the template closes turns with a special token of its own (right after the
+content, or followed only by whitespace), nothing is added:
+
+* Llama-3.1-Instruct: ``...<|eot_id|>`` (its EOS): the reward is read at ``<|eot_id|>``;
+* Qwen2.5-Instruct: ``...<|im_end|>\n``: read at that final ``\n`` (no second ``<|im_end|>``);
+* Gemma-2-it: ``...<end_of_turn>\n``: read at that final ``\n``, as Skywork's released Gemma-2 reward
+  model reads it (no ``<eos>`` is appended).
+
+Otherwise (no closing special token) rmlab appends ``{{ eos_token }}`` to the template, so the reward is
+read at an EOS. Tokenizers with no template get :data:`FALLBACK_CHAT_TEMPLATE`:
+``<bos|cls>role: content\n ... <eos|sep>``. The template rmlab used is exported with the model, and
+``tokenizer(text, add_special_tokens=False)`` of the rendered text (what ``apply_chat_template(tokenize=True)``
+does) gives the same ids, so training, evaluation and the exported model read the same token.
 
 **Truncation** (``max_length``). The response is the part of a sequence after the prompt turns
 (the longest token prefix that chosen, rejected and the rendered prompt turns, with the
@@ -45,18 +54,27 @@ class TokenizedPair:
 
 
 def end_token(tokenizer: Any) -> Optional[str]:
-    """The token that closes every sequence: EOS, or SEP for encoders without one."""
+    """The EOS token, or SEP for encoders without one."""
     return tokenizer.eos_token or tokenizer.sep_token
 
 
+def closes_with_special_token(text: str, tokenizer: Any) -> bool:
+    """True when ``text``, trailing whitespace aside, ends with one of the tokenizer's special tokens."""
+    stripped = text.rstrip()
+    specials = set(tokenizer.all_special_tokens) | {str(t) for t in getattr(tokenizer, "added_tokens_decoder", {}).values()
+                                                    if getattr(t, "special", False)}
+    return any(token and stripped.endswith(token) for token in specials)
+
+
 def reward_chat_template(tokenizer: Any, override: Optional[str] = None) -> str:
-    """The template rmlab renders with: ``override``, the tokenizer's own, or the fallback; ending in EOS."""
+    """The template rmlab renders with: ``override``, the tokenizer's own, or the fallback; EOS appended when
+    the rendered conversation does not already close with a special token (see the module docstring)."""
     template = override or getattr(tokenizer, "chat_template", None) or FALLBACK_CHAT_TEMPLATE
     closing = end_token(tokenizer)
     if closing is None:
         raise ValueError("the tokenizer has neither an eos_token nor a sep_token: set one so rewards are read at it")
     rendered = tokenizer.apply_chat_template(_PROBE, chat_template=template, tokenize=False)
-    if not rendered.endswith(closing):
+    if not closes_with_special_token(rendered, tokenizer):
         template += "{{ " + ("eos_token" if tokenizer.eos_token else "sep_token") + " }}"
     return template
 
@@ -68,9 +86,9 @@ class PairTokenizer:
         self.tokenizer = tokenizer
         self.chat_template = chat_template
         self.max_length = max_length
-        self.end_token_id = tokenizer.convert_tokens_to_ids(end_token(tokenizer))
         start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
         self.start_token_id = start
+        self.end_token_id = self.render_ids(_PROBE)[-1]  # the reward token: every conversation ends with it
 
     def render_ids(self, messages: Sequence[dict], add_generation_prompt: bool = False) -> list[int]:
         text = self.tokenizer.apply_chat_template(list(messages), chat_template=self.chat_template, tokenize=False,
@@ -80,7 +98,8 @@ class PairTokenizer:
     def encode(self, messages: Sequence[dict]) -> list[int]:
         ids = self.render_ids(messages)
         if not ids or ids[-1] != self.end_token_id:
-            raise BadRow("template_error", "the rendered conversation does not end with the EOS token")
+            raise BadRow("template_error", "the rendered conversation does not end with the template's closing "
+                         f"token (id {self.end_token_id}), where the reward is read")
         return ids
 
     def __call__(self, pair: PreferencePair, truncate_responses: bool = False) -> TokenizedPair:

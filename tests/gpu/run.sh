@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The GPU checks of the scale-out issue (ZeRO-2 / ZeRO-3 fits, export + reload, DeepSpeed resume) in one go.
-# Needs one CUDA GPU and the deepspeed extra; about 5 minutes on one H100. CI has no GPU: these tests skip there.
+# The GPU checks of DeepSpeed (ZeRO-2 / ZeRO-3: fit, score on the GPU, export and reload, resume) in one go.
+# Needs one CUDA GPU and the deepspeed extra; CI has no GPU, so these tests skip there (tests/test_deepspeed.py
+# runs the same path on CPU processes in CI).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 python -m pytest tests/gpu -v -p no:cacheprovider "$@"

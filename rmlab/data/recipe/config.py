@@ -15,11 +15,10 @@ from typing import Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from rmlab.data.formats import LAYOUTS, ROLES
 from rmlab.schemas import check
 
-LAYOUTS = ("auto", "messages", "prompt_response", "hh")
 FORMATS = ("jsonl", "parquet")
-ROLES = ("system", "user", "assistant")
 
 
 @dataclass
