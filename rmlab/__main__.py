@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from rmlab.config import register_configs, user_error_exit_code, validate
+from rmlab.config import exit_on_user_error, register_configs, validate
 
 LAUNCHED_AT = time.time()
 register_configs()
@@ -52,10 +52,7 @@ def main(cfg: DictConfig) -> float | None:
         if multirun:  # one failing job must not stop the sweep
             record_failure(cfg, error)
             return None
-        code = user_error_exit_code(error)  # a config or data error: one line, no traceback
-        if code is None:
-            raise
-        sys.exit(code)
+        exit_on_user_error(error)  # a config or data error: one line, no traceback
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import importlib.resources
 import os
 import sys
 import time
-from typing import Optional
+from typing import NoReturn
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
@@ -23,7 +23,7 @@ from rmlab.schemas import (STRATEGY_SCHEMAS, ConfigError, CSVLoggerConfig, DataC
                            ModelConfig, OptimizerGroupConfig, PathsConfig, RMLabConfig, TensorBoardLoggerConfig,
                            TrainerConfig, WandbLoggerConfig)
 
-__all__ = ["ConfigError", "register_configs", "register_sweeps", "user_error_exit_code", "validate"]
+__all__ = ["ConfigError", "register_configs", "register_sweeps", "exit_on_user_error", "validate"]
 
 
 def _minilm_path() -> str:
@@ -116,13 +116,13 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"{key} is not set. Fix: give it on the command line, e.g. {key}=<value>.") from err
 
 
-def user_error_exit_code(error: BaseException) -> Optional[int]:
-    """For a config or data error (the user's to fix): print it as one line on stderr and return the exit code
-    (2 config, 1 data). None for anything else, and with ``HYDRA_FULL_ERROR=1``, so the traceback shows."""
+def exit_on_user_error(error: BaseException) -> NoReturn:
+    """Call from an ``except`` block. A config or data error (the user's to fix) ends the command with one line
+    on stderr and exit code 2 (config) or 1 (data); anything else, or ``HYDRA_FULL_ERROR=1``, re-raises."""
     from rmlab.data.formats import DataError
 
     if not isinstance(error, (ConfigError, DataError)) or os.environ.get("HYDRA_FULL_ERROR") == "1":
-        return None
+        raise error
     kind = "config error" if isinstance(error, ConfigError) else "data error"
     print(f"rmlab: {kind}: {error} (HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)
-    return 2 if isinstance(error, ConfigError) else 1
+    sys.exit(2 if isinstance(error, ConfigError) else 1)

@@ -19,7 +19,6 @@ To rescore a run's export on that run's data, pass the run's overrides again
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from rmlab.config import register_configs, user_error_exit_code, validate
+from rmlab.config import exit_on_user_error, register_configs, validate
 
 register_configs()
 
@@ -82,10 +81,7 @@ def main(cfg: DictConfig) -> None:
         validate(cfg)
         evaluate(cfg)
     except Exception as error:
-        code = user_error_exit_code(error)  # a config or data error: one line, no traceback
-        if code is None:
-            raise
-        sys.exit(code)
+        exit_on_user_error(error)  # a config or data error: one line, no traceback
 
 
 if __name__ == "__main__":

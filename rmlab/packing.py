@@ -63,11 +63,15 @@ def segment_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     causal = bool(getattr(module, "is_causal", False))
     grouped = query.shape[1] != key.shape[1]  # grouped-query attention
     lengths = [end - start for start, end in segment_bounds]
-    # split, not slices: the backward of a split is one concatenation, that of each slice a full-size zero tensor
-    outputs = [torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling,
-                                                                is_causal=causal, enable_gqa=grouped)
-               for q, k, v in zip(query.split(lengths, 2), key.split(lengths, 2), value.split(lengths, 2))]
-    return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
+    # Split along the tokens of the [1, T, heads, head_dim] layout the projections produced (split, not slices:
+    # the backward of a split is one concatenation, that of each slice a full-size zero tensor). The outputs then
+    # concatenate straight into the [1, T, heads, head_dim] the caller wants (no transpose + contiguous copy),
+    # and the gradients of q/k/v concatenate into the layout of the projections' outputs (no copy either).
+    queries, keys, values = (t.transpose(1, 2).split(lengths, 1) for t in (query, key, value))
+    outputs = [torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=dropout, scale=scaling, is_causal=causal,
+        enable_gqa=grouped).transpose(1, 2) for q, k, v in zip(queries, keys, values)]
+    return torch.cat(outputs, dim=1), None
 
 
 AttentionInterface.register(SEGMENT_ATTENTION, segment_attention)

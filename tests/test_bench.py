@@ -11,7 +11,7 @@ import pytest
 
 from conftest import REPO_ROOT, write_jsonl
 
-
+@pytest.mark.slow  # real training runs in subprocesses
 def test_bench_runs_all_sides_on_the_same_pairs_and_prints_the_table(tiny_llama_dir, tmp_path):
     pytest.importorskip("trl")
     rows = [{"prompt": f"tell me about topic {i} " * (1 + i % 3), "chosen": f"a helpful answer {i} " * (1 + i % 4),
@@ -45,3 +45,24 @@ def test_bench_runs_all_sides_on_the_same_pairs_and_prints_the_table(tiny_llama_
         assert 0 < values["real_fraction"] <= 1 and values["gemm_share"] > 0
     assert configs["rmlab"]["real_fraction"] == 1.0  # one padding-free row per batch
     assert configs["rmlab"]["packing"].startswith("rmlab_segments") and configs["rmlab"]["optimizer"] == "AdamW fused"
+
+
+def test_ratios_are_paired_by_round_with_their_spread():
+    """Each ratio is computed per round (its configs ran back to back) and reported as the median with the
+    min–max of the per-round values; the machine line names the CPU's ISA flags."""
+    from rmlab.bench.table import machine_line, summarize
+
+    def result(pairs_per_s: float) -> dict:
+        return {"pairs": 10, "train_seconds": 10 / pairs_per_s, "real_tokens": 100, "processed_tokens": 100,
+                "non_embedding_parameters": 1000, "eval_seconds": 1.0, "steps": 2, "packing": "off",
+                "optimizer": "AdamW", "peak_rss_mib": 1.0, "first_step_s": 1.0}
+
+    rounds = [{"gemm": {"gflops": 1.0}, "rmlab": result(a), "trl-best": result(b)}
+              for a, b in ((6.0, 4.0), (5.0, 5.0), (9.0, 4.5))]  # per round 1.5, 1.0, 2.0
+    table, summary = summarize(rounds, ["rmlab", "trl-best"], {"threads": 2, "data": "x.jsonl", "max_pairs": 10,
+                               "max_length": 8, "batch_size": 4, "lr": 1e-3, "tokens_per_batch": 10},
+                               ((0.0,) * 3, (0.0,) * 3))
+    assert summary["ratios"]["rmlab / trl-best"] == {"median": 1.5, "min": 1.0, "max": 2.0, "rounds": [1.5, 1.0, 2.0]}
+    assert "rmlab / trl-best: 1.50× (rounds 1.00–2.00)" in table
+    flags = [f for f in open("/proc/cpuinfo").read().split() if f == "avx2" or f.startswith(("avx512", "amx"))]
+    assert all(flag in machine_line() for flag in set(flags))

@@ -106,6 +106,7 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           timeout=60)
 
 
+@pytest.mark.slow
 def test_cli_help_cfg_and_errors_are_fast_and_clear(tmp_path):
     """Answers and errors come before torch or Lightning is imported (what keeps them under ~2 s)."""
     for args, code, fragment in [

@@ -228,6 +228,7 @@ def test_stats_tool_end_to_end_with_a_tokenizer(tmp_path, tiny_llama_dir, tiny_t
 
 
 # --------------------------------------------------------------------------- filtering by a reward model
+@pytest.mark.slow
 def test_rm_filter_keeps_exactly_the_pairs_the_model_ranks_correctly(tmp_path, tiny_llama_dir):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer

@@ -214,6 +214,7 @@ def reference(work, base) -> dict[str, Any]:
             "twin_metrics": (dirs[1] / "metrics.json").read_bytes(), "stdout": results[0].stdout}
 
 
+@pytest.mark.slow
 def test_identical_runs_give_byte_identical_metrics(reference):
     assert reference["metrics"] == reference["twin_metrics"]
     metrics = json.loads(reference["metrics"])
@@ -247,6 +248,7 @@ def killed_second_epoch(work, base, reference) -> tuple[Kill, Path]:
     return kill, run_dir
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which, epoch", [("killed_first_epoch", 0), ("killed_second_epoch", 1)])
 def test_sigkill_then_same_command_resumes_to_identical_metrics(which, epoch, request, reference):
     kill, run_dir = request.getfixturevalue(which)
@@ -259,6 +261,7 @@ def test_sigkill_then_same_command_resumes_to_identical_metrics(which, epoch, re
     assert (run_dir / "metrics.json").read_bytes() == reference["metrics"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["killed_first_epoch", "killed_second_epoch"])
 def test_checkpoint_left_by_sigkill_is_complete_and_weights_only(which, request):
     """Lightning writes checkpoints atomically (an fsspec transaction: temporary file, then a move), and
@@ -309,6 +312,7 @@ class MkdirOnUnpickle:
         return os.mkdir, (self.path,)
 
 
+@pytest.mark.slow
 def test_resume_never_retrains_a_finished_run(resume_variants, reference):
     result, run_dir = resume_variants["results"]["never"], resume_variants["never_dir"]
     assert result.returncode == 0, result.tail()
@@ -318,6 +322,7 @@ def test_resume_never_retrains_a_finished_run(resume_variants, reference):
     assert (run_dir / "metrics.json").read_bytes() == reference["metrics"]  # trained from scratch again
 
 
+@pytest.mark.slow
 def test_resume_auto_skips_a_finished_run(resume_variants, reference):
     result, run_dir = resume_variants["results"]["auto"], resume_variants["auto_dir"]
     assert result.returncode == 0, result.tail()
@@ -327,6 +332,7 @@ def test_resume_auto_skips_a_finished_run(resume_variants, reference):
     assert (run_dir / "metrics.json").read_bytes() == reference["metrics"]
 
 
+@pytest.mark.slow
 def test_resume_from_a_missing_checkpoint_fails_clearly(resume_variants):
     result = resume_variants["results"]["missing"]
     assert result.returncode != 0
@@ -351,6 +357,7 @@ def test_resume_auto_skips_a_dangling_last_link(tmp_path):
     assert resume_checkpoint("auto", tmp_path / "elsewhere") is None
 
 
+@pytest.mark.slow
 def test_resume_loads_checkpoints_with_weights_only(resume_variants):
     """``trainer.fit(..., weights_only=True)``: a checkpoint that carries a pickled call is refused, and the call
     never runs (the SIGKILL tests show that rmlab's own checkpoints do load that way)."""
@@ -551,6 +558,7 @@ def flattened_copy(sweep_dir: Path, target: Path) -> Path:
     return target
 
 
+@pytest.mark.slow
 def test_sweep_goes_on_after_a_failing_job(sweep):
     first = sweep["first"]
     assert first.returncode == 0, first.tail()
@@ -567,6 +575,7 @@ def test_sweep_goes_on_after_a_failing_job(sweep):
     assert "rmlab: job failed" in first.stderr and "failed.json" in first.stderr
 
 
+@pytest.mark.slow
 def test_sweep_failure_is_readable_by_the_report(sweep):
     """With the job directories one level below the sweep directory, the report shows the failed job with the
     first line of its error and the finished one as ok."""
@@ -576,6 +585,7 @@ def test_sweep_failure_is_readable_by_the_report(sweep):
     assert jobs["1_job"].detail == sweep["failure"]["error"]
 
 
+@pytest.mark.slow
 def test_report_cli_lists_the_failed_job_with_its_error(sweep):
     report = sweep["report"]
     assert report.returncode == 0, report.tail()
@@ -583,6 +593,7 @@ def test_report_cli_lists_the_failed_job_with_its_error(sweep):
     assert "missing:" not in sweep["report_md"] and "no job directory" not in sweep["report_md"]
 
 
+@pytest.mark.slow
 def test_rerunning_the_sweep_skips_the_finished_job(sweep):
     second = sweep["second"]
     assert second.returncode == 0, second.tail()
@@ -592,6 +603,7 @@ def test_rerunning_the_sweep_skips_the_finished_job(sweep):
     assert (sweep["failed"][0].parent / "metrics.json").is_file()  # the job that failed ran again, now fine
 
 
+@pytest.mark.slow
 def test_a_job_fixed_on_rerun_is_no_longer_reported_failed(sweep):
     jobs = {job.name: job for job in sweep["flat_report_after_rerun"].jobs}
     assert jobs["1_job"].status == "ok", jobs["1_job"]
@@ -723,6 +735,7 @@ def secret_run(work, base) -> dict[str, Any]:
     return {"run_dir": run_dir, "roots": [run_dir, wandb_home], "result": result}
 
 
+@pytest.mark.slow
 def test_secret_run_wrote_wandb_offline_files(secret_run):
     run_dir = secret_run["run_dir"]
     records = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
@@ -732,11 +745,13 @@ def test_secret_run_wrote_wandb_offline_files(secret_run):
     assert "${oc.env:HF_TOKEN}" in (run_dir / ".hydra" / "config.yaml").read_text()  # stored unresolved
 
 
+@pytest.mark.slow
 def test_wandb_api_key_is_written_nowhere(secret_run):
     assert files_containing(FAKE_WANDB_KEY.encode(), *secret_run["roots"]) == []
     assert FAKE_WANDB_KEY not in secret_run["result"].output
 
 
+@pytest.mark.slow
 def test_interpolated_secret_is_written_nowhere(secret_run):
     assert files_containing(FAKE_HF_TOKEN.encode(), *secret_run["roots"]) == []
     assert FAKE_HF_TOKEN not in secret_run["result"].output
@@ -804,17 +819,20 @@ def one_line_error(result: Result, kind: str, code: int) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_bad_row_with_on_bad_row_error_names_file_and_line(bad_data_runs):
     line = one_line_error(bad_data_runs["results"]["bad_row"], "data error", 1)
     assert f"{bad_data_runs['bad']}:{bad_data_runs['bad_line']}: invalid_json" in line
     assert "data.on_bad_row=skip" in line
 
 
+@pytest.mark.slow
 def test_missing_data_file_is_a_config_error_before_anything_loads(bad_data_runs):
     line = one_line_error(bad_data_runs["results"]["missing"], "config error", 2)
     assert f"data.source='{bad_data_runs['missing']}' is invalid: no such file" in line
 
 
+@pytest.mark.slow
 def test_empty_dataset_after_filtering_is_a_clear_error(bad_data_runs):
     line = one_line_error(bad_data_runs["results"]["empty"], "data error", 1)
     assert "no training pairs left after filtering" in line

@@ -13,6 +13,8 @@ import torch
 
 TOPICS = ["tea", "maps", "rust", "bread", "chess", "birds", "clouds", "glue", "jazz", "moss", "kites", "salt"]
 
+pytestmark = pytest.mark.slow  # real `python -m rmlab` runs in subprocesses
+
 
 def write_pairs(path: Path) -> int:
     """A small two-subset dataset in the chat-messages layout, a third of it multi-turn, plus two bad rows."""

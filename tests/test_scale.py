@@ -164,6 +164,7 @@ def test_model_state_memory_matches_deepspeeds_estimators(stage, offload_opt, of
     assert int(gpu) == ds_gpu and int(cpu) == ds_cpu
 
 
+@pytest.mark.slow
 def test_plan_cli_is_offline_and_fast(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run([sys.executable, "-m", "rmlab", "model=gemma2_27b", "strategy=deepspeed_zero3",
@@ -178,6 +179,7 @@ def test_plan_cli_is_offline_and_fast(tmp_path):
     assert missing.returncode != 0 and "model.arch_config" in missing.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["lightning", "torchrun"])
 def test_two_process_ddp_fit_writes_one_run_dir(tmp_path, tiny_llama_dir, launcher):
     data = tmp_path / "pairs.jsonl"

@@ -1,8 +1,10 @@
 """``python -m rmlab.bench``: rmlab's training loop against TRL's RewardTrainer, side by side.
 
 Every configuration runs in its own subprocess (so peak RSS is per run), and the runs are
-interleaved round by round (``gemm rmlab trl-defaults trl-best``, then the reverse order, ...),
-so a machine whose load drifts treats every side alike. Each round also measures the sustained
+interleaved round by round (``gemm rmlab trl-best``, then the reverse order, ...; by default 3 rounds of
+the configurations the targets name, ``rmlab`` and ``trl-best``; ``--configs`` adds ``trl-defaults`` or
+``rmlab-padded``), so a machine whose load drifts treats every side alike, and every ratio is taken per
+round and reported as the median with the spread of the per-round values. Each round also measures the sustained
 fp32 GEMM throughput of the model's own matrix shapes (``torch.mm``, forward, input-gradient and
 weight-gradient products of the attention/MLP projections at a typical batch's token count).
 

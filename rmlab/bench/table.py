@@ -22,7 +22,7 @@ def derived(result: dict[str, Any], gemm_gflops: Optional[float]) -> dict[str, A
                         - result.get("skipped_parameter_tokens", 0))
     out["gflops"] = 6 * parameter_tokens / seconds / 1e9  # the FLOPs actually run
     out["gemm_share"] = out["gflops"] / gemm_gflops if gemm_gflops else None
-    out["eval_pairs_per_s"] = result["pairs"] / result["eval_seconds"]
+    out["eval_pairs_per_s"] = result["pairs"] / result["eval_seconds"] if result.get("eval_seconds") else None
     return out
 
 
@@ -32,18 +32,28 @@ def median(values: list[Optional[float]]) -> Optional[float]:
 
 
 def machine_line() -> str:
+    """CPU model, its vector/matrix ISA flags (avx2, avx512*, amx*), cores, Python, torch, OS."""
     import torch
 
-    cpu = platform.processor() or platform.machine()
+    cpu, flags = platform.processor() or platform.machine(), []
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu == (platform.processor() or platform.machine()):
                 cpu = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith("flags") and not flags:
+                flags = sorted(f for f in line.split(":", 1)[1].split() if f == "avx2" or f.startswith(("avx512", "amx")))
     except OSError:
         pass
-    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, "
-            f"{platform.system()} {platform.release()}")
+    return (f"{cpu} [{' '.join(flags) or 'no avx2/avx512/amx flags'}], {os.cpu_count()} cores, "
+            f"Python {platform.python_version()}, torch {torch.__version__}, {platform.system()} {platform.release()}")
+
+
+def ratio_cell(values: list[float], unit: str = "×") -> str:
+    """A ratio over rounds: the median and the spread (min–max) of the per-round ratios."""
+    if not values:
+        return "–"
+    spread = f" (rounds {min(values):.2f}–{max(values):.2f})" if len(values) > 1 else ""
+    return f"{statistics.median(values):.2f}{unit}{spread}"
 
 
 def summarize(rounds: list[dict[str, dict]], configs: list[str], spec: dict[str, Any],
@@ -64,14 +74,17 @@ def summarize(rounds: list[dict[str, dict]], configs: list[str], spec: dict[str,
         summary["configs"][name]["pairs_per_s_rounds"] = [r["pairs_per_s"] for r in results]
         summary["configs"][name].update({key: results[0][key] for key in ("pairs", "steps", "packing", "optimizer",
                                                                             "real_tokens")})
-    ratios: dict[str, Optional[float]] = {}
+    ratios: dict[str, list[float]] = {}  # per round (each config of a round ran back to back), then the median
     if "rmlab" in per_config:
-        for other in ("trl-defaults", "trl-best"):
-            if other in per_config:  # paired by round, then the median
-                ratios[f"rmlab / {other}"] = median([a["pairs_per_s"] / b["pairs_per_s"]
-                                                     for a, b in zip(per_config["rmlab"], per_config[other])])
-        ratios["rmlab eval / train"] = median([r["eval_pairs_per_s"] / r["pairs_per_s"] for r in per_config["rmlab"]])
-    summary["ratios"] = ratios
+        for other in ("trl-defaults", "trl-best", "rmlab-padded"):
+            if other in per_config:
+                ratios[f"rmlab / {other}"] = [a["pairs_per_s"] / b["pairs_per_s"]
+                                              for a, b in zip(per_config["rmlab"], per_config[other])]
+        ratios["rmlab eval / train"] = [r["eval_pairs_per_s"] / r["pairs_per_s"] for r in per_config["rmlab"]
+                                        if r["eval_pairs_per_s"]]
+        ratios["rmlab share of GEMM peak"] = [r["gemm_share"] for r in per_config["rmlab"] if r["gemm_share"]]
+    summary["ratios"] = {key: {"median": median(values), "min": min(values, default=None),
+                               "max": max(values, default=None), "rounds": values} for key, values in ratios.items()}
     summary["load_average"] = {"start": load[0], "end": load[1]}
     summary["machine"] = machine_line()
     summary["spec"] = {k: v for k, v in spec.items() if k != "workdir"}
@@ -95,7 +108,7 @@ def summarize(rounds: list[dict[str, dict]], configs: list[str], spec: dict[str,
                      f"{fmt(c['real_fraction'], 3)} | {fmt(c['gflops'], 1)} | {fmt(c['gemm_share'], 2)} | "
                      f"{fmt(c['peak_rss_mib'], 0)} | {fmt(c['eval_pairs_per_s'])} | {fmt(c['first_step_s'], 1)} |")
     lines.append("")
-    lines += [f"{key}: {fmt(value)}×" for key, value in ratios.items()]
+    lines += [f"{key}: {ratio_cell(values, '' if 'share' in key else '×')}" for key, values in ratios.items()]
     for name in configs:
         c = summary["configs"][name]
         lines.append(f"{name}: pairs/s per round {', '.join(fmt(v) for v in c['pairs_per_s_rounds'])}; "

@@ -194,9 +194,11 @@ def run_rmlab(spec: dict[str, Any], packing: str = "auto") -> dict[str, Any]:
             [(p.chosen_ids, p.rejected_ids) for p in tokenized]:
         raise SystemExit("rmlab.bench: rmlab's datamodule tokenized the pairs differently from the TRL side")
     seconds = timer.end - timer.start
-    started = time.perf_counter()
-    score_pairs(module.model, datamodule.train_pairs, bundle.tokenizer.pad_token_id, cfg.eval.batch_size)
-    eval_seconds = time.perf_counter() - started
+    eval_seconds = None
+    if spec.get("eval", True):
+        started = time.perf_counter()
+        score_pairs(module.model, datamodule.train_pairs, bundle.tokenizer.pad_token_id, cfg.eval.batch_size)
+        eval_seconds = time.perf_counter() - started
     layout = module.packing_layout
     return {"pairs": len(pairs), "steps": trainer.global_step, "train_seconds": seconds,
             "real_tokens": module.tokens_real, "processed_tokens": module.tokens_processed,
@@ -274,9 +276,11 @@ def run_trl(spec: dict[str, Any], best: bool) -> dict[str, Any]:
     trainer.train()
     rss_after_fit = peak_rss_mib()
     seconds = timer.end - timer.start
-    started = time.perf_counter()
-    trainer.evaluate(eval_dataset=dataset)
-    eval_seconds = time.perf_counter() - started
+    eval_seconds = None
+    if spec.get("eval", True):
+        started = time.perf_counter()
+        trainer.evaluate(eval_dataset=dataset)
+        eval_seconds = time.perf_counter() - started
     return {"pairs": len(pairs), "steps": trainer.state.global_step, "train_seconds": seconds,
             "real_tokens": counts["real"], "processed_tokens": counts["processed"], "eval_seconds": eval_seconds,
             "first_step_s": timer.first_step, "peak_rss_mib_before_fit": rss_before_fit,
