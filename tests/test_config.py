@@ -40,6 +40,7 @@ def test_every_group_has_options_and_a_default():
         assert chosen[group] in options(group), group
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_option_composes_and_validates(group, option):
     overrides = [f"{group}={option}"]

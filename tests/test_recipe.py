@@ -92,6 +92,7 @@ def test_decontamination_roles_choose_the_turns_compared():
     assert [match.shared_words for _, match in decontaminate(records([row]), index, ["user", "assistant"], 13)] == [17]
 
 
+@pytest.mark.slow
 def test_decontaminate_tool_end_to_end(tmp_path):
     train_rows = [pair_row(prompt, source="a" if i % 2 else "b", name=name)
                   for i, (name, (prompt, _, _)) in enumerate(TRAIN_PROMPTS.items())]
@@ -138,6 +139,7 @@ def test_selection_per_category_fractions_and_source_offsets():
     assert [kept_count(f, n) for f, n in [(0.29, 100), (0.3, 10), (0.1, 9), (1.0, 7), (0.0, 5)]] == [29, 3, 0, 7, 0]
 
 
+@pytest.mark.slow
 def test_select_tool_end_to_end(tmp_path):
     rows = [pair_row(f"q{i}", subset="code" if i < 10 else "other", source="s", armo=float(i)) for i in range(30)]
     rows.append(pair_row("unscored", subset="code", source="s"))
@@ -209,6 +211,7 @@ def test_table1_counts_turns_and_tokens():
     assert table[2][:5] == ["Total", 3, 1.33, 3.0, 2.7]
 
 
+@pytest.mark.slow
 def test_stats_tool_end_to_end_with_a_tokenizer(tmp_path, tiny_llama_dir, tiny_tokenizer):
     first, second = mixture_files(tmp_path)
     result = run_tool("stats", tmp_path / "run", f"tool.tokenizer={tiny_llama_dir}", "tool.format=parquet",
@@ -268,6 +271,7 @@ def test_rm_filter_keeps_exactly_the_pairs_the_model_ranks_correctly(tmp_path, t
 
 
 # --------------------------------------------------------------------------- entry point and config errors
+@pytest.mark.slow
 @pytest.mark.parametrize("tool", sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "tool").glob("*.yaml")))
 def test_every_tool_config_composes_and_validates(tool):
     from hydra import compose, initialize_config_module
@@ -283,6 +287,7 @@ def test_every_tool_config_composes_and_validates(tool):
     assert type(OmegaConf.to_object(cfg.tool)) in TOOL_SCHEMAS.values()
 
 
+@pytest.mark.slow
 def test_entry_point_usage_and_errors_name_the_key(tmp_path):
     usage = subprocess.run([sys.executable, "-m", "rmlab.data"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert usage.returncode == 2 and "decontaminate" in usage.stderr and "rm_filter" in usage.stderr

@@ -218,6 +218,7 @@ def test_print_report_shows_everything(sweep, capsys):
         assert text in out
 
 
+@pytest.mark.slow
 def test_cli_entry_point(sweep):
     done = subprocess.run([sys.executable, "-m", "rmlab.report", str(sweep)], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=120)
@@ -230,6 +231,7 @@ def test_cli_entry_point(sweep):
     assert bad.returncode == 2 and "not a directory" in bad.stderr
 
 
+@pytest.mark.slow
 def test_import_stays_light():
     code = "import sys, rmlab.report; bad = {'torch', 'lightning'} & set(sys.modules); assert not bad, bad"
     subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True, timeout=120)
