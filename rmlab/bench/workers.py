@@ -94,12 +94,17 @@ def fraction_stats(fractions: list[float]) -> dict[str, float]:
 def run_gemm(spec: dict[str, Any]) -> dict[str, Any]:
     """Sustained fp32 ``torch.mm`` throughput on the model's projection shapes, FLOP-weighted."""
     import torch
-    from transformers import AutoConfig
 
     torch.manual_seed(0)
-    config = AutoConfig.from_pretrained(spec["model"])
-    hidden = config.hidden_size
-    inner = getattr(config, "intermediate_size", None) or 4 * hidden
+    config_file = Path(spec["model"]) / "config.json"
+    if config_file.is_file():  # the sizes only: no transformers import, so the measurement starts sooner
+        config = json.loads(config_file.read_text())
+    else:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(spec["model"]).to_dict()
+    hidden = config["hidden_size"]
+    inner = config.get("intermediate_size") or 4 * hidden
     rows = spec["tokens_per_batch"]
     shapes = [(hidden, hidden)] * 4 + [(hidden, inner), (inner, hidden)]  # q, k, v, o; MLP up, down
     products = []
