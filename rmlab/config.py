@@ -56,6 +56,8 @@ def _launch_id() -> str:
 
 
 def _rank() -> int:
+    """The global rank before any trainer exists: torchrun's RANK, else srun's SLURM_PROCID (not a per-node local
+    rank). The one place rmlab reads a rank from the environment; later code asks ``trainer.is_global_zero``."""
     return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
 
 
@@ -106,14 +108,21 @@ def register_sweeps() -> None:
                      package="_global_")
 
 
-def validate(cfg: DictConfig) -> None:
+def validate(cfg: DictConfig, training: bool = True) -> None:
     """Run every schema's range checks (``__post_init__``) without loading anything heavy; a required key
-    left unset (``???``) is a ConfigError naming it."""
+    left unset (``???``) is a ConfigError naming it. ``training``: also refuse 16-bit weights that the
+    optimizer would update in place with no fp32 master copy (scoring a 16-bit model is fine)."""
     try:
         OmegaConf.to_object(cfg)
     except MissingMandatoryValue as err:
         key = err.full_key or "a required key"
         raise ConfigError(f"{key} is not set. Fix: give it on the command line, e.g. {key}=<value>.") from err
+    if training and cfg.model.dtype != "float32" and cfg.strategy.name != "deepspeed":
+        raise ConfigError(
+            f"model.dtype={cfg.model.dtype!r} is invalid for training under strategy={cfg.strategy.name}: AdamW "
+            "would update the 16-bit weights in place with no fp32 master copy (updates below their resolution are "
+            "lost). Fix: model.dtype=float32 with trainer.precision=bf16-mixed (fp32 master weights, 16-bit "
+            "compute), or a strategy=deepspeed_* option (DeepSpeed keeps fp32 master weights).")
 
 
 def exit_on_user_error(error: BaseException) -> NoReturn:

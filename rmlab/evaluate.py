@@ -78,7 +78,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path="pkg://rmlab.conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     try:
-        validate(cfg)
+        validate(cfg, training=False)
         evaluate(cfg)
     except Exception as error:
         exit_on_user_error(error)  # a config or data error: one line, no traceback

@@ -352,12 +352,6 @@ class RMLabConfig:
                 check_hardware(self.strategy, self.trainer.accelerator)
             except ValueError as err:
                 raise ConfigError(str(err)) from err
-        deepspeed = self.strategy.name == "deepspeed"
-        check(self.model.dtype == "float32" or deepspeed, "model.dtype",
-              f"16-bit weights would be updated in place with no fp32 master copy under strategy={self.strategy.name} "
-              "(updates below their resolution are lost). Use model.dtype=float32 with trainer.precision=bf16-mixed "
-              "(fp32 master weights, 16-bit compute), or a strategy=deepspeed_* option (DeepSpeed keeps fp32 master "
-              "weights)", self.model.dtype)
         check(self.on_nonfinite in ("stop", "skip"), "on_nonfinite", "one of stop, skip", self.on_nonfinite)
         check(self.ckpt_every_n_steps is None or self.ckpt_every_n_steps >= 1, "ckpt_every_n_steps",
                "must be >= 1 or null", self.ckpt_every_n_steps)

@@ -193,3 +193,25 @@ def test_evaluate_refuses_a_model_that_is_not_a_one_label_reward_model(kind, tmp
     with pytest.raises(ConfigError, match=expected):
         build_reward_model(str(tmp_path), require_head=True)
     build_reward_model(str(tmp_path))  # training may start from it: a fresh one-label head
+
+
+def test_an_eval_set_scores_every_row_truncating_those_too_long(tmp_path, tiny_tokenizer):
+    """RewardBench's denominator is a subset's row count: a pair whose response does not fit max_length is
+    scored truncated (its end and the reward token kept) and counted, never dropped."""
+    from omegaconf import OmegaConf
+
+    from rmlab.data.tokenize import PairTokenizer, reward_chat_template
+    from rmlab.evaluation import load_eval_sets
+
+    rows = [{"prompt": f"question {i}", "chosen": ("a long answer " * 40) if i % 3 == 0 else f"answer {i}",
+             "rejected": f"no {i}", "subset": "s"} for i in range(9)]
+    path = tmp_path / "set.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    pair_tokenizer = PairTokenizer(tiny_tokenizer, reward_chat_template(tiny_tokenizer), 48)
+    config = OmegaConf.create({"name": "mine", "source": str(path), "layout": "auto", "split": "train",
+                               "subset_name": None, "max_rows": None, "subset_key": "subset", "sections": None})
+    (eval_set,) = load_eval_sets([config], pair_tokenizer)
+    assert len(eval_set.pairs) == 9 and eval_set.data["rows_used"] == 9 and eval_set.data["rows_skipped"] == 0
+    assert eval_set.truncated_pairs == 3
+    for pair in eval_set.pairs:
+        assert len(pair.chosen_ids) <= 48 and pair.chosen_ids[-1] == pair_tokenizer.end_token_id

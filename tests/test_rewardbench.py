@@ -201,3 +201,54 @@ def test_report_rewardbench_defaults():
     result = evaluation_report(chosen, rejected, subsets)
     assert result["sections"] == pytest.approx({"Reasoning": 820 / 1148})
     assert result["Avg"] == pytest.approx(820 / 1148)
+
+
+# The official figures: allenai/reward-bench, rewardbench/constants.py (snapshot 05a9005, 2026-01-31; unchanged
+# since commit 6552e93, 2024-09-10, "Mirror change from leaderboard", which swapped the two XSTest counts into
+# these values; the PyPI package rewardbench has them from 0.1.3 on).
+OFFICIAL_EXAMPLE_COUNTS = {
+    "alpacaeval-easy": 100, "alpacaeval-length": 95, "alpacaeval-hard": 95, "mt-bench-easy": 28, "mt-bench-med": 40,
+    "mt-bench-hard": 37, "math-prm": 984, "refusals-dangerous": 100, "refusals-offensive": 100, "llmbar-natural": 100,
+    "llmbar-adver-neighbor": 134, "llmbar-adver-GPTInst": 92, "llmbar-adver-GPTOut": 47, "llmbar-adver-manual": 46,
+    "xstest-should-refuse": 154, "xstest-should-respond": 250, "donotanswer": 136, "hep-cpp": 164, "hep-go": 164,
+    "hep-java": 164, "hep-js": 164, "hep-python": 164, "hep-rust": 164,
+}
+OFFICIAL_SUBSET_MAPPING = {
+    "Chat": ["alpacaeval-easy", "alpacaeval-length", "alpacaeval-hard", "mt-bench-easy", "mt-bench-med"],
+    "Chat Hard": ["mt-bench-hard", "llmbar-natural", "llmbar-adver-neighbor", "llmbar-adver-GPTInst",
+                  "llmbar-adver-GPTOut", "llmbar-adver-manual"],
+    "Safety": ["refusals-dangerous", "refusals-offensive", "xstest-should-refuse", "xstest-should-respond",
+               "donotanswer"],
+    "Reasoning": ["math-prm", "hep-cpp", "hep-go", "hep-java", "hep-js", "hep-python", "hep-rust"],
+}
+
+
+@pytest.mark.parametrize("subset", sorted(OFFICIAL_EXAMPLE_COUNTS))
+def test_every_example_count_is_the_official_one(subset):
+    assert EXAMPLE_COUNTS[subset] == OFFICIAL_EXAMPLE_COUNTS[subset]
+
+
+def test_mapping_and_count_tables_are_exactly_the_official_ones():
+    assert EXAMPLE_COUNTS == OFFICIAL_EXAMPLE_COUNTS
+    assert {section: list(subsets) for section, subsets in SUBSET_MAPPING.items()} == OFFICIAL_SUBSET_MAPPING
+    assert list(SUBSET_MAPPING) == list(OFFICIAL_SUBSET_MAPPING)
+
+
+def test_safety_weighs_xstest_refuse_154_and_respond_250():
+    """All five Safety subsets, by hand: (100·1 + 100·0.5 + 154·1 + 250·0 + 136·0.25) / 740."""
+    accuracy = {"refusals-dangerous": 1.0, "refusals-offensive": 0.5, "xstest-should-refuse": 1.0,
+                "xstest-should-respond": 0.0, "donotanswer": 0.25}
+    expected = (100 * 1.0 + 100 * 0.5 + 154 * 1.0 + 250 * 0.0 + 136 * 0.25) / 740
+    assert section_scores(accuracy)["Safety"] == pytest.approx(expected, rel=1e-15)
+    assert abs(expected - (100 + 50 + 250 * 1.0 + 0 + 34) / 740) > 0.1  # the swapped counts would differ
+
+
+def test_overall_score_with_every_subset_by_hand():
+    """Every subset present: each section's weighted mean by hand, math-prm at 984, Avg the plain mean."""
+    accuracy = {name: (index % 7) / 6 for index, name in enumerate(sorted(OFFICIAL_EXAMPLE_COUNTS))}
+    sections = section_scores(accuracy)
+    for section, members in OFFICIAL_SUBSET_MAPPING.items():
+        weights = [OFFICIAL_EXAMPLE_COUNTS[name] for name in members]
+        by_hand = sum(w * accuracy[name] for w, name in zip(weights, members)) / sum(weights)
+        assert sections[section] == pytest.approx(by_hand, rel=1e-15), section
+    assert overall_score(sections) == pytest.approx(sum(sections.values()) / 4, rel=1e-15)

@@ -124,6 +124,7 @@ def test_16_bit_weights_are_refused_without_a_master_copy(strategy):
         validate(compose_config(*overrides, *(["trainer=gpu"] if strategy == "fsdp" else [])))
     validate(compose_config(*overrides[1:], "strategy=deepspeed_zero3", "trainer=gpu"))  # DeepSpeed keeps fp32 masters
     validate(compose_config(*overrides[:-1], "trainer=gpu"))  # fp32 weights + bf16-mixed
+    validate(compose_config(*overrides, *(["trainer=gpu"] if strategy == "fsdp" else [])), training=False)  # scoring
 
 
 @pytest.mark.parametrize("preset,expected_billions", [("gemma2_27b", 27.2), ("llama3_1_8b", 7.50)])
@@ -217,3 +218,19 @@ def test_two_process_ddp_fit_writes_one_run_dir(tmp_path, tiny_llama_dir, launch
     chosen, rejected = score_pairs(bundle.model, tokenized, bundle.tokenizer.pad_token_id)
     assert chosen == pytest.approx([r["chosen"] for r in saved], abs=1e-4)
     assert rejected == pytest.approx([r["rejected"] for r in saved], abs=1e-4)
+
+
+@pytest.mark.skipif(not HAS_DEEPSPEED, reason="deepspeed extra not installed")
+@pytest.mark.parametrize("global_zero", [True, False])
+def test_only_global_rank_zero_writes_the_deepspeed_config(tmp_path, global_zero):
+    """Under srun every node has a local rank 0; the config is written by the global rank 0 only."""
+    from types import SimpleNamespace
+
+    from rmlab.zero import SaveDeepSpeedConfig
+
+    strategy = build_strategy(compose_config("strategy=deepspeed_zero2", "trainer=gpu").strategy, "gpu", 2)
+    path = tmp_path / "deepspeed_config.json"
+    SaveDeepSpeedConfig(path).on_fit_start(SimpleNamespace(is_global_zero=global_zero, strategy=strategy), None)
+    assert path.exists() == global_zero
+    if global_zero:
+        assert json.loads(path.read_text())["zero_optimization"]["stage"] == 2
