@@ -9,7 +9,7 @@ directory and the sweep goes on with the next job.
 from __future__ import annotations
 
 import json
-import sys
+import logging
 import time
 import traceback
 from pathlib import Path
@@ -30,7 +30,8 @@ def record_failure(cfg: DictConfig, error: BaseException) -> None:
     failure = {"error": f"{type(error).__name__}: {error}".splitlines()[0], "loss": runtime.choices.get("loss"),
                "seed": cfg.seed, "traceback": traceback.format_exc()}
     Path(runtime.output_dir, "failed.json").write_text(json.dumps(failure, indent=2))
-    print(f"rmlab: job failed ({failure['error']}); traceback in {runtime.output_dir}/failed.json", file=sys.stderr)
+    logging.getLogger("rmlab").error(f"rmlab: job failed ({failure['error']}); traceback in "
+                                     f"{runtime.output_dir}/failed.json")  # console and the job's rmlab.log
 
 
 @hydra.main(version_base="1.3", config_path="pkg://rmlab.conf", config_name="config")

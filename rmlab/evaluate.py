@@ -1,7 +1,7 @@
 """``python -m rmlab.evaluate``: score a trained reward model under rmlab's rules, without training.
 
 It composes the same config as training (``model``, ``data``, ``eval``, ``trainer`` groups; ``loss``,
-``optimizer`` and ``logger`` are not used) and loads ``model.name_or_path``: an rmlab export, or any
+``optimizer``, ``logger`` and ``strategy`` are not used) and loads ``model.name_or_path``: an rmlab export, or any
 ``AutoModelForSequenceClassification`` checkpoint with a one-label head (hub id or local directory; a
 checkpoint without such a head is refused). It scores the held-out split of ``data`` (``eval.heldout``)
 and every ``eval.sets`` entry with training's own scoring path (:mod:`rmlab.evaluation`), on one device
@@ -19,6 +19,7 @@ To rescore a run's export on that run's data, pass the run's overrides again
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     started = time.time()
     quiet_third_party()
+    if cfg.strategy.name != "auto":  # a run's own overrides may name one; scoring needs no sharding
+        logging.getLogger("rmlab").warning(f"strategy={cfg.strategy.name} is not used: rmlab.evaluate scores on "
+                                           "one device (a 27B model in bf16, 54 GB, fits one 80 GB GPU)")
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     bundle = build_reward_model(**OmegaConf.to_container(cfg.model, resolve=True), require_head=True)

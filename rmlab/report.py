@@ -27,8 +27,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from rmlab.rewardbench import SECTIONS
-from rmlab.significance import (CSV_HEADER, DEFAULT_SAMPLES, DEFAULT_SEED, DIFFERENCE_HEADER, Comparison, PairData,
-                                compare_rows, difference_note, difference_rows, load_pair_data, plot_differences)
+from rmlab.significance import (COLUMNS, CSV_HEADER, DEFAULT_SAMPLES, DEFAULT_SEED, DIFFERENCE_HEADER, Comparison,
+                                PairData, compare_rows, difference_note, difference_rows, load_pair_data,
+                                plot_differences)
 
 
 def print_results(metrics: dict[str, Any], output_dir: Path | str) -> None:
@@ -55,7 +56,6 @@ def print_results(metrics: dict[str, Any], output_dir: Path | str) -> None:
 
 
 # --------------------------------------------------------------------------- Table 3 report of a sweep
-COLUMNS: tuple[str, ...] = ("Avg", *SECTIONS)
 LOSS_ORDER: tuple[str, ...] = ("bt", "bt_temperature", "focal", "focal_penalty", "hinge", "margin_mse",
                                "cross_entropy", "tempered_log")
 AVERAGED_KEY = "seed"  # the only override averaged over; every other varying override splits rows

@@ -24,10 +24,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Optional
 
 # Figures from allenai/reward-bench, rewardbench/constants.py (identical in
-# analysis/constants.py). Counts are rows of the ``filtered`` split, except
-# math-prm, which RewardBench up-weights from its actual 447 rows to 984 so that
-# math weighs as much as the six hep-* code subsets together (6 * 164 = 984).
-MATH_PRM_ACTUAL_COUNT = 447
+# analysis/constants.py), as of commit 6552e93 (2024-09-10, XSTest refuse 154 /
+# respond 250) and in the PyPI package rewardbench >= 0.1.3. Counts are rows of the
+# ``filtered`` split, except math-prm, which RewardBench up-weights from its actual
+# 447 rows to 984 so that math weighs as much as the six hep-* code subsets
+# together (6 * 164 = 984).
 EXAMPLE_COUNTS: dict[str, int] = {
     "alpacaeval-easy": 100,
     "alpacaeval-length": 95,

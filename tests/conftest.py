@@ -301,6 +301,14 @@ def write_rows(tmp_path):
     return write
 
 
+def split_pairs(pairs: Sequence, val_fraction: float) -> tuple[list, list]:
+    """The pairs that ``rmlab.data.datamodule.split_indices`` (what ``setup()`` runs) puts on each side:
+    (train, held-out)."""
+    from rmlab.data.datamodule import split_indices
+
+    return tuple([pairs[i] for i in side] for side in split_indices(pairs, val_fraction))  # type: ignore[return-value]
+
+
 def write_topic_pairs(path: Path, count: int) -> Path:
     """``count`` easy pairs in the chat-messages layout (a topical answer beats "no"), two subsets a/b."""
     rows = []

@@ -15,9 +15,9 @@ from rmlab.data.datamodule import (
     LengthGroupedBatchSampler,
     PairCollator,
     PreferenceDataModule,
-    split_pairs,
     tokenize_pairs,
 )
+from conftest import split_pairs
 from rmlab.data.formats import DataError, PreferencePair, RowStats, load_pairs
 from rmlab.data.tokenize import PairTokenizer, TokenizedPair, reward_chat_template
 

@@ -105,7 +105,7 @@ def test_export_reproduces_the_trained_rewards(name, runs, data):
     the rewards that the ranks scored through the engine."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from rmlab.data.datamodule import split_pairs
+    from conftest import split_pairs
     from rmlab.data.formats import load_pairs
 
     run_dir, result = runs[name]

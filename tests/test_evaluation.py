@@ -166,10 +166,11 @@ def test_evaluate_cli_scores_an_export_exactly_as_its_training_run(tmp_path, tin
     assert trained.returncode == 0, trained.stderr[-3000:]
     saved = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
     again = [o for o in saved if not o.startswith(("model.name_or_path=", "hydra."))]
-    evaluated = subprocess.run([sys.executable, "-m", "rmlab.evaluate", *again,
+    evaluated = subprocess.run([sys.executable, "-m", "rmlab.evaluate", *again, "strategy=ddp",
                                 f"model.name_or_path={run_dir / 'export'}", f"hydra.run.dir={eval_dir}"],
                                capture_output=True, text=True, timeout=600)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert "strategy=ddp is not used: rmlab.evaluate scores on one device" in evaluated.stdout  # said, not ignored
     train_metrics, eval_metrics = (json.loads((d / "metrics.json").read_text()) for d in (run_dir, eval_dir))
     assert eval_metrics["eval"] == train_metrics["eval"] and eval_metrics["table3"] == train_metrics["table3"]
     assert set(train_metrics["table3"]) == {"Avg", "Chat", "Safety"}

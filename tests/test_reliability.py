@@ -195,7 +195,7 @@ def base(tiny_llama_dir, data_file) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def batches_per_epoch(data_file) -> int:
-    from rmlab.data.datamodule import split_pairs
+    from conftest import split_pairs
     from rmlab.data.formats import load_pairs
 
     train, _ = split_pairs(load_pairs(str(data_file))[0], VAL_FRACTION)
@@ -572,7 +572,8 @@ def test_sweep_goes_on_after_a_failing_job(sweep):
     error_type = failure["error"].split(":", 1)[0]
     assert failure["traceback"].rstrip().splitlines()[-1].startswith(error_type)
     assert str(sweep["dir"].parent / "late-model") in failure["error"]  # it names what was missing
-    assert "rmlab: job failed" in first.stderr and "failed.json" in first.stderr
+    assert "rmlab: job failed" in first.stdout and "failed.json" in first.stdout
+    assert "rmlab: job failed" in (bad / "rmlab.log").read_text()  # in the failed job's own log too
 
 
 @pytest.mark.slow

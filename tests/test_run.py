@@ -83,7 +83,7 @@ def test_wandb_went_offline_with_config_and_summary(finished_run):
 def test_exported_model_reproduces_rewards_with_plain_transformers(finished_run):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from rmlab.data.datamodule import split_pairs
+    from conftest import split_pairs
     from rmlab.data.formats import load_pairs
 
     run_dir, data, *_ = finished_run

@@ -205,7 +205,7 @@ def test_two_process_ddp_fit_writes_one_run_dir(tmp_path, tiny_llama_dir, launch
     saved = [json.loads(line) for line in (run / "rewards" / "heldout.jsonl").read_text().splitlines()]
     from transformers import AutoModelForSequenceClassification
 
-    from rmlab.data.datamodule import split_pairs
+    from conftest import split_pairs
     from rmlab.data.formats import load_pairs
     from rmlab.model import build_reward_model
     from rmlab.data.tokenize import PairTokenizer

@@ -19,8 +19,8 @@ import yaml
 from rmlab.report import build_report, main
 from rmlab.rewardbench import evaluation_report
 from rmlab.significance import (COLUMNS, Comparison, Difference, PairData, column_scores, compare, compare_rows,
-                                draw_plan, identity_plan, load_pair_data, paired_bootstrap, section_layout,
-                                subset_positions)
+                                draw_plan, identity_plan, load_pair_data, paired_bootstrap, plot_differences,
+                                section_layout, subset_positions)
 
 MAPPING = {"Chat": ["chat_a", "chat_b"], "Chat Hard": ["hard"], "Safety": ["safety"], "Reasoning": ["math", "code"]}
 WEIGHTS = {"chat_a": 3, "chat_b": 1, "hard": 1, "safety": 2, "math": 5, "code": 2}
@@ -263,6 +263,29 @@ def test_csv_cells():
     assert cells[:4] == ["2.7100", "0.4000", "5.1000", "True"] and cells[4:8] == [""] * 4
     assert cells[-2:] == ["1,2", ""] and comparison.cell("Avg") == "+2.7 [+0.4, +5.1]*"
     assert comparison.cell("Chat") == "n/a"
+
+
+def test_plot_draws_each_interval_as_an_error_bar_and_stars_the_significant_ones():
+    """table3.png's panel: one error bar per (row, column) with numbers, spanning exactly [low, high] in pp around
+    the estimate; a star above each significant one; a row without numbers listed as not compared."""
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    better = Comparison(("1", "2"), {"Avg": Difference(0.03, 0.01, 0.05), "Chat": Difference(-0.01, -0.04, 0.02)})
+    same = Comparison(("1", "2"), {"Avg": Difference(0.0, 0.0, 0.0)})
+    missing = Comparison(reason="no shared seeds")
+    figure, ax = plt.subplots()
+    plot_differences(ax, [("focal", better), ("hinge", same), ("cross_entropy", missing)], "bt", 100, 0, {})
+    bars = [(container.lines[0].get_xydata()[0, 1], container.lines[2][0].get_segments()[0][:, 1])
+            for container in ax.containers]
+    assert [(float(y), [float(v) for v in span]) for y, span in bars] == [
+        (pytest.approx(3.0), pytest.approx([1.0, 5.0])), (pytest.approx(-1.0), pytest.approx([-4.0, 2.0])),
+        (0.0, [0.0, 0.0])]
+    stars = [text for text in ax.texts if text.get_text() == "*"]
+    assert len(stars) == 1 and stars[0].xy[1] == pytest.approx(5.0)  # only focal's Avg excludes 0
+    assert any("cross_entropy: no shared seeds" in text.get_text() for text in ax.texts)
+    plt.close(figure)
 
 
 # --------------------------------------------------------------------------- job directories

@@ -56,11 +56,6 @@ def split_indices(pairs: Sequence[PreferencePair], val_fraction: float) -> tuple
     return train, heldout
 
 
-def split_pairs(pairs: Sequence[PreferencePair], val_fraction: float) -> tuple[list, list]:
-    """The pairs of :func:`split_indices`: (train, held-out)."""
-    return tuple([pairs[i] for i in side] for side in split_indices(pairs, val_fraction))  # type: ignore[return-value]
-
-
 def tokenize_pairs(pairs: Sequence[PreferencePair], pair_tokenizer: PairTokenizer, stats: RowStats,
                    on_bad_row: str = "skip", results: Optional[Sequence[TokenizedPair | BadRow]] = None,
                    truncate_responses: bool = False) -> list[TokenizedPair]:

@@ -42,7 +42,7 @@ def test_zero_fit_score_export_reload(tmp_path, tiny_llama_dir, strategy):
     assert config["zero_optimization"]["stage"] == int(strategy[-1]) and config["bf16"]["enabled"]
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from rmlab.data.datamodule import split_pairs
+    from conftest import split_pairs
     from rmlab.data.formats import load_pairs
 
     model = AutoModelForSequenceClassification.from_pretrained(run_dir / "export").eval()
