@@ -144,6 +144,8 @@ def kill_when(command: list[str], run_dir: Path, cwd: Path, condition: Callable[
             if last.is_file():
                 try:  # the file is replaced while we read it: a failed load is retried (and recorded)
                     checkpoint = torch.load(last, map_location="cpu", weights_only=False)
+                except FileNotFoundError:  # the link was being moved to the next step<N>.ckpt: no file to be partial
+                    continue
                 except Exception as error:  # noqa: BLE001
                     errors.append(repr(error))
                 else:
