@@ -177,9 +177,9 @@ class RewardModule(pl.LightningModule):
                       on_step=training, on_epoch=not training, sync_dist=not training)
         if training:  # the bar shows the epoch so far (this rank), not the last batch
             self.epoch_statistics.update(loss, chosen, rejected)
-            running = EpochStatistics.means(self.epoch_statistics.sums)
-            self.log_dict({"loss": running["loss"], "acc": running["accuracy"]}, prog_bar=True, logger=False,
-                          on_step=True, on_epoch=False)
+            pairs_so_far, loss_sum, correct = self.epoch_statistics.sums[:3]  # tensors: no device sync per step
+            self.log_dict({"loss": loss_sum / pairs_so_far, "acc": correct / pairs_so_far}, prog_bar=True,
+                          logger=False, on_step=True, on_epoch=False)
         return loss
 
     def on_train_epoch_start(self) -> None:

@@ -14,7 +14,8 @@ from conftest import write_topic_pairs
 from rmlab.data.tokenize import TokenizedPair
 
 
-def lightning_fit(model_dir: Path, data: Path, root: Path, callbacks: list, ckpt_path=None, max_steps: int = 3):
+def lightning_fit(model_dir: Path, data: Path, root: Path, callbacks: list, ckpt_path=None, max_steps: int = 3,
+                  loss=None):
     """A short in-process CPU fit of the tiny Llama with FinalScoring; returns (trainer, module, scoring, sets)."""
     import lightning.pytorch as pl
     from transformers import get_scheduler
@@ -37,7 +38,7 @@ def lightning_fit(model_dir: Path, data: Path, root: Path, callbacks: list, ckpt
         return [heldout_set(datamodule.heldout_pairs, None, datamodule.stats)]
 
     scoring = FinalScoring(sets, bundle.tokenizer.pad_token_id, 8)
-    module = RewardModule(bundle.model, BradleyTerryLoss(), functools.partial(torch.optim.AdamW, lr=1e-3),
+    module = RewardModule(bundle.model, loss or BradleyTerryLoss(), functools.partial(torch.optim.AdamW, lr=1e-3),
                           functools.partial(get_scheduler, name="linear"), 0.0, max_steps)
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=max_steps, logger=False, enable_progress_bar=False,
                          enable_model_summary=False, default_root_dir=str(root), callbacks=[*callbacks, scoring],
@@ -45,6 +46,43 @@ def lightning_fit(model_dir: Path, data: Path, root: Path, callbacks: list, ckpt
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     return trainer, module, scoring, sets
 
+
+
+def test_progress_bar_shows_the_running_means_of_the_epoch(tiny_llama_dir, tmp_path):
+    """After each training step the bar's loss and acc are the means over all the epoch's pairs so far (batch
+    losses weighted by their pairs), computed here in float64 from what the loss saw, not the last batch's."""
+    import lightning.pytorch as pl
+
+    from rmlab.losses import BradleyTerryLoss
+
+    class RecordingLoss(BradleyTerryLoss):
+        def __call__(self, chosen, rejected, margin=None):
+            loss = super().__call__(chosen, rejected, margin=margin)
+            self.seen.append((float(loss.detach()), chosen.detach().double(), rejected.detach().double()))
+            return loss
+
+    class BarReader(pl.Callback):
+        def __init__(self):
+            self.shown = []
+
+        def on_train_batch_end(self, trainer, *args):
+            metrics = trainer.progress_bar_metrics
+            self.shown.append((float(metrics["loss"]), float(metrics["acc"]), recording.seen[-1]))
+
+    recording = RecordingLoss()
+    recording.seen = []
+    reader = BarReader()
+    data = write_topic_pairs(tmp_path / "pairs.jsonl", 40)
+    lightning_fit(tiny_llama_dir, data, tmp_path / "fit", [reader], max_steps=4, loss=recording)
+    assert len(reader.shown) == 4
+    pairs = loss_sum = correct = 0.0
+    for shown_loss, shown_acc, (batch_loss, chosen, rejected) in reader.shown:
+        pairs += len(chosen)
+        loss_sum += batch_loss * len(chosen)
+        correct += float((chosen > rejected).sum())
+        assert shown_loss == pytest.approx(loss_sum / pairs, rel=1e-5)
+        assert shown_acc == pytest.approx(correct / pairs, abs=1e-7)
+    assert pairs > len(reader.shown[-1][2][1])  # the last value shown is not the last batch's alone
 
 def test_sets_are_scored_before_the_strategy_tears_the_model_down(tiny_llama_dir, tmp_path):
     """Lightning's teardown moves the model off its training device (GPU -> CPU): every scoring forward must come
