@@ -333,6 +333,7 @@ class RMLabConfig:
     ckpt_every_n_steps: Optional[int] = None  # checkpoint cadence; null saves at the end of each epoch
     on_nonfinite: str = "stop"  # stop | skip: what a NaN/inf loss or gradient does
     resume: str = "auto"  # auto | never | <path to a .ckpt>
+    threads: Optional[int] = None  # torch's CPU threads per process (null: torch's default, one per core)
     plan: bool = False  # print the plan (parameters, batch arithmetic, DeepSpeed config, memory) and exit
 
     def __post_init__(self) -> None:
@@ -355,3 +356,4 @@ class RMLabConfig:
         check(self.on_nonfinite in ("stop", "skip"), "on_nonfinite", "one of stop, skip", self.on_nonfinite)
         check(self.ckpt_every_n_steps is None or self.ckpt_every_n_steps >= 1, "ckpt_every_n_steps",
                "must be >= 1 or null", self.ckpt_every_n_steps)
+        check(self.threads is None or self.threads >= 1, "threads", "must be >= 1 or null", self.threads)

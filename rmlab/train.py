@@ -145,6 +145,8 @@ def train(cfg: DictConfig, launched_at: Optional[float] = None) -> dict[str, Any
     if ckpt_path:
         log.info(f"resuming from {ckpt_path}")
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.threads:  # results depend on the thread count (summation order): metrics.json records it
+        torch.set_num_threads(cfg.threads)
 
     zero3 = cfg.strategy.name == "deepspeed" and cfg.strategy.stage == 3
     bundle = build_reward_model(**OmegaConf.to_container(cfg.model, resolve=True), defer_model=zero3)
@@ -207,7 +209,7 @@ def finish_run(cfg: DictConfig, bundle: RewardModelBundle, sets: list, rewards: 
                 "table3_set": row_set, "train_pairs": len(datamodule.train_pairs),
                 "heldout_pairs": len(datamodule.heldout_pairs), "optimizer_steps": trainer.global_step,
                 "accumulate_grad_batches": trainer.accumulate_grad_batches,
-                "skipped_nonfinite_steps": module.skipped_steps},
+                "skipped_nonfinite_steps": module.skipped_steps, "cpu_threads": torch.get_num_threads()},
     }
     if cfg.export:
         export_reward_model(bundle, output_dir / "export")

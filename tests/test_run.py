@@ -184,3 +184,45 @@ def test_a_failed_multirun_job_closes_its_wandb_run_as_failed(tmp_path, tiny_lla
     summary, exit_code = wandb_summary_and_exit(finished)
     assert failed_exit == 1 and exit_code == 0
     assert "eval" in summary and "train/loss" in summary and "eval" not in failed_summary
+
+
+def log_span(log_file: Path) -> tuple[str, str]:
+    """The timestamps of a job log's first and last lines (``[YYYY-mm-dd HH:MM:SS,mmm]``)."""
+    stamps = [line[1:24] for line in log_file.read_text().splitlines() if line.startswith("[20")]
+    return stamps[0], stamps[-1]
+
+
+def test_table3_sweep_runs_two_jobs_at_once_and_a_job_rerun_alone_matches(tmp_path, tiny_llama_dir):
+    """``+sweeps=table3`` (cut to two losses) runs its jobs side by side with one thread each; a job rerun on
+    its own with ``threads=1`` gives the same metrics, number for number."""
+    data = tmp_path / "pairs.jsonl"
+    write_pairs(data)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}, "WANDB_MODE": "offline",
+           "WANDB_DIR": str(tmp_path / "wandb-dir")}
+    common = ["model=hf", f"model.name_or_path={tiny_llama_dir}", "data=local", f"data.source={data}",
+              "data.max_length=160", "data.batch_size=4", "data.val_fraction=0.3", "optimizer.optimizer.lr=1e-3",
+              "data.section_mapping={Chat:[a],Safety:[b]}", "seed=2", "export=false"]
+    sweep = tmp_path / "sweep"
+    command = [sys.executable, "-m", "rmlab", "--multirun", "+sweeps=table3", "loss=bt,hinge", *common,
+               f"hydra.sweep.dir={sweep}"]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [job.name.split("_")[0] for job in jobs] == ["0", "1"]
+    metrics = [json.loads((job / "metrics.json").read_text()) for job in jobs]
+    assert [m["run"]["cpu_threads"] for m in metrics] == [1, 1]
+    (start0, end0), (start1, end1) = (log_span(job / "rmlab.log") for job in jobs)
+    assert start1 < end0 and start0 < end1, "the two jobs did not run at the same time"
+
+    alone = tmp_path / "alone"
+    rerun = [sys.executable, "-m", "rmlab", "loss=hinge", "threads=1", "trainer.enable_progress_bar=false", *common,
+             f"hydra.run.dir={alone}"]
+    result = subprocess.run(rerun, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rerun_metrics = json.loads((alone / "metrics.json").read_text())
+    for block in ("table3", "eval", "train", "data"):
+        assert rerun_metrics[block] == metrics[1][block], block
+    assert metrics[1]["run"]["loss"] == "hinge"
