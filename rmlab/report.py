@@ -28,8 +28,7 @@ from rich.table import Table
 
 from rmlab.rewardbench import SECTIONS
 from rmlab.significance import (COLUMNS, CSV_HEADER, DEFAULT_SAMPLES, DEFAULT_SEED, DIFFERENCE_HEADER, Comparison,
-                                PairData, compare_rows, difference_note, difference_rows, load_pair_data,
-                                plot_differences)
+                                PairData, compare_rows, difference_note, difference_rows, load_pair_data)
 
 
 def print_results(metrics: dict[str, Any], output_dir: Path | str) -> None:
@@ -318,56 +317,15 @@ def _write_csv(report: Report, path: Path) -> None:
                              report.baseline, *comparison.csv_cells()])
 
 
-def _plot(report: Report, path: Path) -> None:
-    """Top: grouped bars, x = Avg + sections, one bar per row, error bars = sample std over seeds.
-    Bottom: paired differences vs the baseline with their bootstrap intervals."""
-    import matplotlib
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    plotted = [row for row in report.rows if any(row.stats(c)[0] is not None for c in COLUMNS)]
-    notes = len(report.rows) - len(plotted) + 1 if len(plotted) < len(report.rows) or not plotted else 0
-    gap = 1.6 + 0.2 * notes  # inches between the panels: tick labels, the "no results" note, the second title
-    fig = Figure(figsize=(13, 11 + gap), dpi=120)
-    FigureCanvasAgg(fig)
-    span = (11 + gap) * (fig.subplotpars.top - fig.subplotpars.bottom)  # inches for both panels and the gap
-    ax, diff_ax = fig.subplots(2, 1, gridspec_kw={"height_ratios": [6, 5], "hspace": 2 * gap / (span - gap)})
-    width = 0.84 / max(len(plotted), 1)
-    colors = matplotlib.colormaps["tab10" if len(plotted) <= 10 else "tab20"]
-    lows: list[float] = []
-    for i, row in enumerate(plotted):
-        stats = [row.stats(column) for column in COLUMNS]
-        means = [100 * m if m is not None else float("nan") for m, _, _ in stats]
-        errors = [100 * s if s is not None else 0.0 for _, s, _ in stats]
-        lows += [m - e for m, e in zip(means, errors) if m == m]
-        ax.bar([x + (i - (len(plotted) - 1) / 2) * width for x in range(len(COLUMNS))], means, width,
-               yerr=errors, capsize=2, label=f"{row.label} (n={row.count('ok')})", error_kw={"elinewidth": 1},
-               color=colors(i % colors.N))
-    ax.set_xticks(range(len(COLUMNS)), COLUMNS, fontsize=12)
-    ax.set_xlim(-0.5, len(COLUMNS) - 0.5)
-    ax.set_ylim(max(0.0, 10 * ((min(lows, default=5.0) - 5) // 10)), 100)
-    ax.set_ylabel("accuracy (%)", fontsize=12)
-    ax.set_title(f"Table 3 reproduction: {report.sweep_dir.name}\nbars: mean over seeds, error bars: sample std "
-                 "(ddof=1)", fontsize=13)
-    ax.grid(axis="y", alpha=0.3)
-    if plotted:
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=10, title="loss")
-    empty = [f"{row.label}: {row.status}" for row in report.rows if row not in plotted]
-    if empty or not plotted:
-        ax.text(0.0, -0.08, "no results (not plotted):\n" + "\n".join(empty or ["no finished jobs"]),
-                transform=ax.transAxes, va="top", fontsize=10, color="firebrick")
-    plot_differences(diff_ax, report.compared, report.baseline, *report.bootstrap,
-                     {row.label: colors(i % colors.N) for i, row in enumerate(plotted)})
-    fig.savefig(path, bbox_inches="tight")
-
-
 def write_report(sweep_dir: Path | str, report: Optional[Report] = None) -> dict[str, Path]:
     """Write table3.md, table3.csv and table3.png into the sweep directory; returns their paths by suffix."""
     report = report or build_report(sweep_dir)
     paths = {suffix: Path(sweep_dir) / f"table3.{suffix}" for suffix in ("md", "csv", "png")}
     paths["md"].write_text(_markdown(report))
     _write_csv(report, paths["csv"])
-    _plot(report, paths["png"])
+    from rmlab.plots import plot_report  # matplotlib loads only here
+
+    plot_report(report, paths["png"])
     return paths
 
 

@@ -26,6 +26,15 @@ interpolation). Draws come from ``numpy.random.default_rng(seed)`` created afres
 result is deterministic and independent of which other rows exist. Significant: the interval excludes 0 (by
 more than 1e-12, float noise).
 
+Multiple comparisons. A table compares every row with the baseline on five columns, so at 95% about one
+interval in twenty excludes 0 by chance alone. Each difference also gets a two-sided bootstrap p-value,
+``min(1, 2 (k + 1) / (R + 1))`` with ``k`` the replicates on the smaller side of 0 (``<= 0`` or ``>= 0``) and
+``R`` the replicates, and the p-values of all the table's differences are adjusted together by Holm's
+step-down method (Holm 1979): sorted ascending, ``p_(i)`` becomes ``max_{j <= i} min(1, (m - j + 1) p_(j))``
+for ``m`` differences. ``†`` marks a Holm-adjusted p-value below 0.05 (family-wise error 5%). With the
+default 2000 replicates the smallest p-value is 2/2001, so in a family of more than 50 differences nothing can
+pass: raise ``--samples``.
+
 Pure numpy + stdlib (no torch/Lightning); scores are fractions, cells print percentage points (pp).
 """
 
@@ -33,7 +42,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Union
 
@@ -46,7 +55,8 @@ DEFAULT_SET = "heldout"
 DEFAULT_SAMPLES = 2000
 DEFAULT_SEED = 0
 EPS = 1e-12  # |bound| below this counts as 0 (float noise), for significance only
-CSV_STATS: tuple[str, ...] = ("diff pp", "ci low pp", "ci high pp", "significant")
+FAMILY_ALPHA = 0.05  # Holm-adjusted p-values below this get a dagger
+CSV_STATS: tuple[str, ...] = ("diff pp", "ci low pp", "ci high pp", "significant", "p", "holm p")
 CSV_HEADER: tuple[str, ...] = (*(f"{c} {s}" for c in COLUMNS for s in CSV_STATS), "paired seeds", "paired note")
 DIFFERENCE_HEADER: tuple[str, ...] = ("loss", *COLUMNS, "paired seeds", "note")  # markdown / printed table
 
@@ -157,20 +167,45 @@ def column_scores(correct: np.ndarray, sections: Sections, plan: Plan) -> dict[s
 
 @dataclass(frozen=True)
 class Difference:
-    """Row − baseline (fractions) with its 95% paired-bootstrap interval."""
+    """Row − baseline (fractions) with its 95% paired-bootstrap interval and bootstrap p-value; ``holm_p_value``
+    is adjusted over all the differences of a table by :func:`compare_rows` (until then the raw p-value)."""
 
     estimate: float
     low: float
     high: float
+    p_value: float = 1.0
+    holm_p_value: float = 1.0
 
     @property
     def significant(self) -> bool:
         return self.low > EPS or self.high < -EPS
 
+    @property
+    def holm_significant(self) -> bool:
+        return self.holm_p_value < FAMILY_ALPHA
+
     def cell(self) -> str:
-        """``+2.7 [+0.4, +5.1]*`` in percentage points; ``*`` when the interval excludes 0."""
+        """``+2.7 [+0.4, +5.1]*†`` in percentage points; ``*`` when the interval excludes 0, ``†`` when the
+        Holm-adjusted p-value is below 0.05."""
         return f"{100 * self.estimate:+.1f} [{100 * self.low:+.1f}, {100 * self.high:+.1f}]" + \
-            ("*" if self.significant else "")
+            ("*" if self.significant else "") + ("†" if self.holm_significant else "")
+
+
+def bootstrap_p_value(replicates: np.ndarray) -> float:
+    """Two-sided p-value of "no difference": ``min(1, 2 (k + 1) / (R + 1))``, ``k`` the replicates on the smaller
+    side of 0 (ties with 0 count on both sides)."""
+    smaller_side = min(np.count_nonzero(replicates <= 0), np.count_nonzero(replicates >= 0))
+    return min(1.0, 2 * (smaller_side + 1) / (len(replicates) + 1))
+
+
+def holm_adjust(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the input order."""
+    order = sorted(range(len(p_values)), key=lambda index: p_values[index])
+    adjusted, running = [0.0] * len(p_values), 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted
 
 
 def paired_bootstrap(row: np.ndarray, base: np.ndarray, subsets: Sequence[str], sections: Sections,
@@ -186,8 +221,10 @@ def paired_bootstrap(row: np.ndarray, base: np.ndarray, subsets: Sequence[str], 
     base_scores = column_scores(base, sections, plan)
     differences = {}
     for column, values in column_scores(row, sections, plan).items():
-        low, high = np.percentile(values - base_scores[column], [2.5, 97.5])
-        differences[column] = Difference(estimate[column], float(low), float(high))
+        replicates = values - base_scores[column]
+        low, high = np.percentile(replicates, [2.5, 97.5])
+        p_value = bootstrap_p_value(replicates)
+        differences[column] = Difference(estimate[column], float(low), float(high), p_value, p_value)
     return {column: differences[column] for column in COLUMNS if column in differences}
 
 
@@ -210,12 +247,13 @@ class Comparison:
         return "; ".join(text for text in (self.reason if not self.differences else "", self.detail) if text)
 
     def csv_cells(self) -> list[str]:
-        """Values for CSV_HEADER: per column diff, ci low, ci high (pp, 4 decimals), significant; seeds; note."""
+        """Values for CSV_HEADER: per column diff, ci low, ci high (pp, 4 decimals), significant, p-value and
+        Holm-adjusted p-value (4 significant digits); seeds; note."""
         cells: list[str] = []
         for column in COLUMNS:
             d = self.differences.get(column)
-            cells += [f"{100 * d.estimate:.4f}", f"{100 * d.low:.4f}", f"{100 * d.high:.4f}", str(d.significant)] \
-                if d else [""] * len(CSV_STATS)
+            cells += [f"{100 * d.estimate:.4f}", f"{100 * d.low:.4f}", f"{100 * d.high:.4f}", str(d.significant),
+                      f"{d.p_value:.4g}", f"{d.holm_p_value:.4g}"] if d else [""] * len(CSV_STATS)
         return [*cells, ",".join(self.seeds), self.note]
 
 
@@ -255,13 +293,14 @@ def compare(row: Mapping[str, Union[PairData, str]], base: Mapping[str, Union[Pa
     return Comparison(shared, differences, reason="" if differences else "no sections", detail=detail)
 
 
-# --------------------------------------------------------------------------- rows of a sweep, text and plot panel
+# --------------------------------------------------------------------------- rows of a sweep and their text
 SweepRow = tuple[str, Mapping[str, str], Mapping[str, Union[PairData, str]]]  # (loss, other overrides, by seed)
 
 
 def compare_rows(rows: Sequence[SweepRow], baseline: str, samples: int = DEFAULT_SAMPLES,
                  seed: int = DEFAULT_SEED) -> list[Comparison]:
-    """Each row against the baseline-loss row with the same other overrides (else the only baseline row).
+    """Each row against the baseline-loss row with the same other overrides (else the only baseline row), the
+    p-values adjusted by Holm over every difference of the table.
 
     A row is (loss, other overrides, {seed: per-pair data or why not} of its finished jobs).
     """
@@ -275,51 +314,27 @@ def compare_rows(rows: Sequence[SweepRow], baseline: str, samples: int = DEFAULT
             comparisons.append(Comparison(reason=f"no {baseline} row" if not bases else f"ambiguous {baseline} row"))
         else:
             comparisons.append(compare(by_seed, rows[base][2], samples, seed))
-    return comparisons
+    return holm_over_table(comparisons)
+
+
+def holm_over_table(comparisons: Sequence[Comparison]) -> list[Comparison]:
+    """The comparisons with every difference's ``holm_p_value`` adjusted over all the differences they hold."""
+    family = [(index, column) for index, c in enumerate(comparisons) for column in c.differences]
+    adjusted = dict(zip(family, holm_adjust([comparisons[i].differences[c].p_value for i, c in family])))
+    return [replace(comparison, differences={column: replace(difference, holm_p_value=adjusted[index, column])
+                                             for column, difference in comparison.differences.items()})
+            for index, comparison in enumerate(comparisons)]
 
 
 def difference_note(baseline: str, samples: int, seed: int) -> str:
     """How to read the differences table."""
     return (f"Row − {baseline} in percentage points, mean over the seeds both rows share, [95% interval] from a "
             f"paired bootstrap over held-out pairs (stratified by subset) and seeds ({samples} replicates, "
-            f"bootstrap seed {seed}); * = the interval excludes 0 (significant).")
+            f"bootstrap seed {seed}); * = the interval excludes 0 (significant on its own); † = significant after "
+            f"Holm's correction over all the table's differences (family-wise error 5%).")
 
 
 def difference_rows(rows: Sequence[tuple[str, Comparison]]) -> list[list[str]]:
     """Cells of the differences table (DIFFERENCE_HEADER) for (label, comparison) rows."""
     return [[label, *map(comparison.cell, COLUMNS), ",".join(comparison.seeds), comparison.detail]
             for label, comparison in rows]
-
-
-def plot_differences(ax: Any, rows: Sequence[tuple[str, Comparison]], baseline: str, samples: int, seed: int,
-                     colors: Mapping[str, Any]) -> None:
-    """Draw on a matplotlib Axes: each (label, comparison)'s differences per column with their intervals as error
-    bars; significant ones filled, thick and starred; rows without numbers listed with the reason."""
-    shown = [(label, comparison) for label, comparison in rows if comparison.differences]
-    width = 0.84 / max(len(shown), 1)
-    for i, (label, comparison) in enumerate(shown):
-        color = colors.get(label, "gray")
-        ax.plot([], [], "o", color=color, label=f"{label} (seeds {','.join(comparison.seeds)})")  # legend entry
-        for x, column in enumerate(COLUMNS):
-            if (diff := comparison.differences.get(column)) is None:
-                continue
-            xpos, y, sig = x + (i - (len(shown) - 1) / 2) * width, 100 * diff.estimate, diff.significant
-            ax.errorbar(xpos, y, yerr=[[y - 100 * diff.low], [100 * diff.high - y]], fmt="o", color=color,
-                        capsize=3, mfc=color if sig else "white", ms=8 if sig else 6, elinewidth=2.5 if sig else 1)
-            if sig:
-                ax.annotate("*", (xpos, 100 * diff.high), ha="center", va="bottom", fontsize=14, fontweight="bold")
-    ax.axhline(0.0, color="black", linewidth=1)
-    ax.margins(y=0.12)  # room for the stars
-    ax.set_xticks(range(len(COLUMNS)), COLUMNS, fontsize=12)
-    ax.set_xlim(-0.5, len(COLUMNS) - 0.5)
-    ax.set_ylabel(f"difference vs {baseline} (pp)", fontsize=12)
-    ax.set_title(f"Paired difference vs {baseline}: mean over shared seeds, 95% bootstrap interval over pairs and "
-                 f"seeds ({samples} replicates, seed {seed})\nfilled, thick and * = significant (interval excludes 0)",
-                 fontsize=12)
-    ax.grid(axis="y", alpha=0.3)
-    if shown:
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=10, title="loss")
-    other = [f"{label}: {c.reason}" for label, c in rows if not c.differences and c.reason != "baseline"]
-    if other or not shown:
-        ax.text(0.0, -0.08, "not compared:\n" + "\n".join(other or ["nothing to compare"]), transform=ax.transAxes,
-                va="top", fontsize=10, color="firebrick")

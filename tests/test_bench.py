@@ -57,12 +57,17 @@ def test_ratios_are_paired_by_round_with_their_spread():
                 "non_embedding_parameters": 1000, "eval_seconds": 1.0, "steps": 2, "packing": "off",
                 "optimizer": "AdamW", "peak_rss_mib": 1.0, "first_step_s": 1.0}
 
-    rounds = [{"gemm": {"gflops": 1.0}, "rmlab": result(a), "trl-best": result(b)}
-              for a, b in ((6.0, 4.0), (5.0, 5.0), (9.0, 4.5))]  # per round 1.5, 1.0, 2.0
+    rounds = [{"gemm": {"gflops": gemm}, "rmlab": result(a), "trl-best": result(b)}
+              for gemm, a, b in ((0.03, 6.0, 4.0), (0.05, 5.0, 5.0), (0.02, 9.0, 4.5))]  # per round 1.5, 1.0, 2.0
     table, summary = summarize(rounds, ["rmlab", "trl-best"], {"threads": 2, "data": "x.jsonl", "max_pairs": 10,
                                "max_length": 8, "batch_size": 4, "lr": 1e-3, "tokens_per_batch": 10},
                                ((0.0,) * 3, (0.0,) * 3))
     assert summary["ratios"]["rmlab / trl-best"] == {"median": 1.5, "min": 1.0, "max": 2.0, "rounds": [1.5, 1.0, 2.0]}
     assert "rmlab / trl-best: 1.50× (rounds 1.00–2.00)" in table
+    # the share: 6 * 1000 parameters * 100 tokens in 10 / (pairs/s) seconds = 60000 * pairs/s FLOP/s, against the
+    # best GEMM round (0.05 GFLOP/s), not each round's own measurement: 6.0 pairs/s -> 3.6e5 / 5e7 = 0.0072
+    assert summary["gemm_gflops"] == 0.05 and summary["gemm_gflops_rounds"] == [0.03, 0.05, 0.02]
+    assert summary["ratios"]["rmlab share of GEMM peak"]["rounds"] == pytest.approx([0.0072, 0.006, 0.0108])
+    assert "0.1 GFLOP/s, the best of the rounds (0.0, 0.1, 0.0)" in table
     flags = [f for f in open("/proc/cpuinfo").read().split() if f == "avx2" or f.startswith(("avx512", "amx"))]
     assert all(flag in machine_line() for flag in set(flags))

@@ -95,6 +95,7 @@ def test_typos_and_types_fail_at_composition(override, fragment):
     (["optimizer.optimizer.lr=0"], "optimizer.optimizer.lr"),
     (["data.max_length=4"], "data.max_length"),
     (["data.on_bad_row=ignore"], "data.on_bad_row"),
+    (["threads=0"], "threads"),
 ])
 def test_out_of_range_values_name_the_key(overrides, key):
     cfg = compose_config(*overrides)

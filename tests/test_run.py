@@ -186,6 +186,13 @@ def test_a_failed_multirun_job_closes_its_wandb_run_as_failed(tmp_path, tiny_lla
     assert "eval" in summary and "train/loss" in summary and "eval" not in failed_summary
 
 
+def run_ok(command: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
 def log_span(log_file: Path) -> tuple[str, str]:
     """The timestamps of a job log's first and last lines (``[YYYY-mm-dd HH:MM:SS,mmm]``)."""
     stamps = [line[1:24] for line in log_file.read_text().splitlines() if line.startswith("[20")]
@@ -205,9 +212,7 @@ def test_table3_sweep_runs_two_jobs_at_once_and_a_job_rerun_alone_matches(tmp_pa
     sweep = tmp_path / "sweep"
     command = [sys.executable, "-m", "rmlab", "--multirun", "+sweeps=table3", "loss=bt,hinge", *common,
                f"hydra.sweep.dir={sweep}"]
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
-                            stdin=subprocess.DEVNULL)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    result = run_ok(command, tmp_path, env)
     assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert [job.name.split("_")[0] for job in jobs] == ["0", "1"]
@@ -219,9 +224,7 @@ def test_table3_sweep_runs_two_jobs_at_once_and_a_job_rerun_alone_matches(tmp_pa
     alone = tmp_path / "alone"
     rerun = [sys.executable, "-m", "rmlab", "loss=hinge", "threads=1", "trainer.enable_progress_bar=false", *common,
              f"hydra.run.dir={alone}"]
-    result = subprocess.run(rerun, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
-                            stdin=subprocess.DEVNULL)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_ok(rerun, tmp_path, env)
     rerun_metrics = json.loads((alone / "metrics.json").read_text())
     for block in ("table3", "eval", "train", "data"):
         assert rerun_metrics[block] == metrics[1][block], block

@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 import yaml
 
+from rmlab.plots import plot_differences
 from rmlab.report import build_report, main
 from rmlab.rewardbench import evaluation_report
-from rmlab.significance import (COLUMNS, Comparison, Difference, PairData, column_scores, compare, compare_rows,
-                                draw_plan, identity_plan, load_pair_data, paired_bootstrap, plot_differences,
+from rmlab.significance import (COLUMNS, Comparison, Difference, PairData, bootstrap_p_value, column_scores, compare,
+                                compare_rows, draw_plan, holm_adjust, identity_plan, load_pair_data, paired_bootstrap,
                                 section_layout, subset_positions)
 
 MAPPING = {"Chat": ["chat_a", "chat_b"], "Chat Hard": ["hard"], "Safety": ["safety"], "Reasoning": ["math", "code"]}
@@ -106,8 +107,9 @@ def test_better_by_construction_is_positive_significant_and_exact():
                               for s in (1, 2, 3)])
         assert diff.estimate == pytest.approx(rmlab_diff, abs=1e-12)
         assert 0 < diff.low <= diff.estimate <= diff.high and diff.significant
-        assert diff.cell().endswith("]*")
-    assert comparison.cell("Avg") == "+16.2 [{:+.1f}, {:+.1f}]*".format(100 * comparison.differences["Avg"].low,
+        assert diff.p_value == 2 / 2001  # no replicate at or below 0
+        assert diff.cell().endswith("]*†")
+    assert comparison.cell("Avg") == "+16.2 [{:+.1f}, {:+.1f}]*†".format(100 * comparison.differences["Avg"].low,
                                                                      100 * comparison.differences["Avg"].high)
     reverse = compare(by_seed(baseline_correct), by_seed(better_correct))  # the baseline is worse, significantly
     for column, diff in reverse.differences.items():
@@ -202,17 +204,58 @@ def test_one_replicate_equals_hand_computation():
         assert point[column][0] == pytest.approx(np.mean([rmlab_scores(c)[column] for c in rows]), abs=1e-14)
 
 
-def test_interval_is_the_central_95_percent_of_paired_replicates():
-    row, base = np.stack([better_correct(s) for s in (1, 2, 3)]), np.stack([baseline_correct(s) for s in (1, 2, 3)])
+def comparison_and_replicates(make_row) -> tuple[Comparison, dict[str, np.ndarray]]:
+    """``compare(row, baseline, seed=5)`` and, recomputed outside it, the replicates it draws per column."""
+    row, base = np.stack([make_row(s) for s in (1, 2, 3)]), np.stack([baseline_correct(s) for s in (1, 2, 3)])
     sections = section_layout(MAPPING, WEIGHTS, SUBSETS)
     plan = draw_plan(3, subset_positions(SUBSETS), samples=2000, seed=5)  # the draws compare(seed=5) makes
-    comparison = compare(by_seed(better_correct), by_seed(baseline_correct), samples=2000, seed=5)
+    comparison = compare(by_seed(make_row), by_seed(baseline_correct), samples=2000, seed=5)
     row_scores, base_scores = column_scores(row, sections, plan), column_scores(base, sections, plan)
+    return comparison, {column: row_scores[column] - base_scores[column] for column in row_scores}
+
+
+def test_interval_is_the_central_95_percent_of_paired_replicates():
+    comparison, replicates_by_column = comparison_and_replicates(better_correct)
     for column, diff in comparison.differences.items():
-        replicates = row_scores[column] - base_scores[column]
+        replicates = replicates_by_column[column]
         assert (diff.low, diff.high) == (np.percentile(replicates, 2.5), np.percentile(replicates, 97.5))
         inside = np.mean((replicates >= diff.low) & (replicates <= diff.high))
         assert 0.94 <= inside <= 0.97, (column, inside)
+
+
+def test_p_value_counts_the_replicates_on_the_smaller_side_of_zero():
+    assert bootstrap_p_value(np.array([-1.0, 1.0, 2.0, 3.0])) == 2 * (1 + 1) / (4 + 1)
+    assert bootstrap_p_value(np.array([-2.0, 0.0, 1.0, 2.0, 3.0])) == 2 * (2 + 1) / (5 + 1)  # a tie counts both sides
+    assert bootstrap_p_value(np.zeros(7)) == 1.0 and bootstrap_p_value(np.full(2000, 0.1)) == 2 / 2001
+    comparison, replicates_by_column = comparison_and_replicates(noisy_correct)
+    for column, diff in comparison.differences.items():
+        replicates = [float(r) for r in replicates_by_column[column]]
+        smaller = min(sum(r <= 0 for r in replicates), sum(r >= 0 for r in replicates))
+        assert diff.p_value == min(1.0, 2 * (smaller + 1) / 2001) and diff.holm_p_value == diff.p_value
+        assert diff.p_value > 0.05 and not diff.significant
+
+
+def test_holm_adjustment_by_hand():
+    # sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04 -> running max 0.02, 0.03, 0.06, 0.06
+    assert holm_adjust([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02], abs=1e-15)
+    assert holm_adjust([0.5, 0.6]) == [1.0, 1.0] and holm_adjust([]) == [] and holm_adjust([0.2]) == [0.2]
+
+
+def test_the_table_is_one_family_for_holm():
+    """compare_rows adjusts the p-values of every difference of the table together; only the strong row keeps
+    its daggers, and the adjusted values are Holm's on the raw ones (hand-sorted here)."""
+    rows = [("bt", {}, by_seed(baseline_correct)), ("focal", {}, by_seed(better_correct)),
+            ("hinge", {}, by_seed(noisy_correct))]
+    table = compare_rows(rows, "bt", 2000)
+    raw = [(d.p_value, i, c) for i, comparison in enumerate(table) for c, d in comparison.differences.items()]
+    assert len(raw) == 2 * len(COLUMNS)
+    running = 0.0
+    for rank, (p_value, i, column) in enumerate(sorted(raw)):
+        running = max(running, min(1.0, (len(raw) - rank) * p_value))
+        assert table[i].differences[column].holm_p_value == pytest.approx(running, abs=1e-15)
+    assert all(d.holm_significant and d.cell().endswith("*†") for d in table[1].differences.values())
+    assert not any(d.holm_significant or "†" in d.cell() for d in table[2].differences.values())
+    assert table[1].differences["Avg"].holm_p_value == pytest.approx(2 * len(COLUMNS) * 2 / 2001)
 
 
 def test_paired_bootstrap_needs_aligned_arrays():
@@ -260,7 +303,7 @@ def test_rows_meet_the_baseline_with_the_same_other_overrides():
 def test_csv_cells():
     comparison = Comparison(("1", "2"), {"Avg": Difference(0.0271, 0.004, 0.051)})
     cells = comparison.csv_cells()
-    assert cells[:4] == ["2.7100", "0.4000", "5.1000", "True"] and cells[4:8] == [""] * 4
+    assert cells[:6] == ["2.7100", "0.4000", "5.1000", "True", "1", "1"] and cells[6:12] == [""] * 6
     assert cells[-2:] == ["1,2", ""] and comparison.cell("Avg") == "+2.7 [+0.4, +5.1]*"
     assert comparison.cell("Chat") == "n/a"
 
@@ -361,7 +404,7 @@ def test_report_end_to_end(sweep):
     section = markdown.split("## Paired differences vs bt")[1].split("## Jobs")[0]
     lines = {line.split(" | ")[0].lstrip("| "): line for line in section.splitlines() if line.startswith("| ")}
     assert lines["bt"].startswith("| bt | baseline | baseline |")
-    assert "| +16.2 [+" in lines["focal"] and lines["focal"].count("]* |") == 5
+    assert "| +16.2 [+" in lines["focal"] and lines["focal"].count("]*† |") == 5  # significant, also after Holm
     assert "| 1,2 | finished seeds: row 1,2, baseline 1,2,3 |" in lines["focal"]
     assert lines["hinge"] == "| hinge |" + " +0.0 [+0.0, +0.0] |" * 5 + " 1,2,3 |  |"
     assert lines["margin_mse"].count("not paired (different pairs)") == 5
@@ -377,11 +420,13 @@ def test_report_end_to_end(sweep):
     for column in COLUMNS:
         assert float(focal[f"{column} diff pp"]) == pytest.approx(100 * EXPECTED[column], abs=1e-3)
         assert float(focal[f"{column} ci low pp"]) > 0 and focal[f"{column} significant"] == "True"
+        assert float(focal[f"{column} p"]) < float(focal[f"{column} holm p"]) < 0.05  # Holm over 10 differences
         # the paired recomputation agrees with the Table 3 means read from metrics.json (bt is 50% everywhere)
         assert float(focal[f"{column} diff pp"]) == pytest.approx(
             float(focal[f"{column} mean %"]) - float(table["bt"][f"{column} mean %"]), abs=1e-3)
         assert (hinge[f"{column} diff pp"], hinge[f"{column} ci low pp"], hinge[f"{column} ci high pp"],
-                hinge[f"{column} significant"]) == ("0.0000", "0.0000", "0.0000", "False")
+                hinge[f"{column} significant"], hinge[f"{column} p"], hinge[f"{column} holm p"]) == \
+            ("0.0000", "0.0000", "0.0000", "False", "1", "1")
         assert table["margin_mse"][f"{column} diff pp"] == "" == table["bt"][f"{column} significant"]
     assert focal["baseline"] == "bt" and focal["paired seeds"] == "1,2"
     assert table["bt"]["paired note"] == "baseline"

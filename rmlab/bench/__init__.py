@@ -6,7 +6,8 @@ the configurations the targets name, ``rmlab`` and ``trl-best``; ``--configs`` a
 ``rmlab-padded``), so a machine whose load drifts treats every side alike, and every ratio is taken per
 round and reported as the median with the spread of the per-round values. Each round also measures the sustained
 fp32 GEMM throughput of the model's own matrix shapes (``torch.mm``, forward, input-gradient and
-weight-gradient products of the attention/MLP projections at a typical batch's token count).
+weight-gradient products of the attention/MLP projections at a typical batch's token count); the best of these
+measurements is the run's GEMM peak, against which every round's share is taken.
 
 Both sides train on the same pairs, tokenized once by rmlab's chat template: the first
 ``--max-pairs`` rows of ``--data``, keeping the pairs whose chosen and rejected sequences fit
