@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 from typing import Any
 
@@ -50,7 +51,13 @@ def quiet_third_party() -> None:
 
 
 class ProgressBar(RichProgressBar):
-    """Lightning's rich bar: "Epoch 1/2", the epoch's running mean loss and accuracy, no ``v_num``."""
+    """Lightning's rich bar: "Epoch 1/2", the epoch's running mean loss and accuracy, no ``v_num``.
+
+    Written to a file or a pipe (not a terminal), rich would assume 80 columns and wrap the accuracy onto a line
+    of its own; there the bar gets 120."""
+
+    def __init__(self) -> None:
+        super().__init__(console_kwargs=None if sys.stdout.isatty() else {"width": 120})
 
     def _get_train_description(self, current_epoch: int) -> str:
         total = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else "?"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -135,6 +136,8 @@ def test_console_output_has_no_duplicated_line_and_no_third_party_noise(finished
     assert not [line for line in lines if any(noise in line for noise in NOISE)], stdout + stderr
     assert any(line.startswith("W&B: offline run in") for line in lines)
     assert any("first training step" in line for line in lines) and "Epoch 2/2" in stdout
+    bar = [line for line in lines if line.startswith("Epoch 2/2")][-1]  # one line, not wrapped in a pipe
+    assert re.search(r"loss: \d\.\d{3} acc: \d\.\d{3}$", bar), bar
 
 
 def test_run_log_is_named_after_rmlab_and_holds_rmlabs_messages(finished_run):
