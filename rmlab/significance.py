@@ -33,7 +33,7 @@ interval in twenty excludes 0 by chance alone. Each difference also gets a two-s
 step-down method (Holm 1979): sorted ascending, ``p_(i)`` becomes ``max_{j <= i} min(1, (m - j + 1) p_(j))``
 for ``m`` differences. ``†`` marks a Holm-adjusted p-value below 0.05 (family-wise error 5%). With the
 default 2000 replicates the smallest p-value is 2/2001, so in a family of more than 50 differences nothing can
-pass: raise ``--samples``.
+pass: raise ``--bootstrap-samples``.
 
 Pure numpy + stdlib (no torch/Lightning); scores are fractions, cells print percentage points (pp).
 """
