@@ -140,3 +140,14 @@ def test_cli_finds_configs_from_any_directory_and_user_config_dirs(tmp_path):
     result = run_cli("--config-dir", str(tmp_path / "my_conf"), "--cfg", "job", "loss=my_focal", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "gamma: 3.0" in result.stdout and "FocalLoss" in result.stdout
+
+
+@pytest.mark.parametrize("launcher,target,n_jobs", [([], "JoblibLauncher", 2),
+                                                     (["hydra.launcher.n_jobs=8"], "JoblibLauncher", 8),
+                                                     (["hydra/launcher=basic"], "BasicLauncher", None)])
+def test_table3_sweep_runs_two_jobs_at_a_time_unless_told_otherwise(launcher, target, n_jobs):
+    """The CPU Table 3 sweep's launcher, and the overrides its comment offers (none of them may fail to compose)."""
+    with initialize_config_module(config_module="rmlab.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["+sweeps=table3", *launcher], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith(target) and cfg.hydra.launcher.get("n_jobs") == n_jobs
+    assert cfg.threads == 1 and cfg.hydra.sweeper.params.seed == "1,2,3"
