@@ -43,10 +43,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from rmlab.model import build_reward_model
     from rmlab.packing import fuse_projections
     from rmlab.report import print_results
-    from rmlab.train import build_datamodule
+    from rmlab.train import build_datamodule, set_cpu_threads
 
     started = time.time()
     quiet_third_party()
+    set_cpu_threads(cfg)
     if cfg.strategy.name != "auto":  # a run's own overrides may name one; scoring needs no sharding
         logging.getLogger("rmlab").warning(f"strategy={cfg.strategy.name} is not used: rmlab.evaluate scores on "
                                            "one device (a 27B model in bf16, 54 GB, fits one 80 GB GPU)")
@@ -73,7 +74,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     row_set = table3_set(sets)
     metrics = {"table3": table3_row(reports, row_set), "eval": reports, "data": data,
                "run": {"mode": "evaluate", "model": cfg.model.name_or_path, "table3_set": row_set,
-                       "device": str(device), "wall_time_s": round(time.time() - started, 1)}}
+                       "device": str(device), "cpu_threads": torch.get_num_threads(),
+                       "wall_time_s": round(time.time() - started, 1)}}
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print_results(metrics, output_dir)
     return metrics

@@ -39,6 +39,13 @@ def hydra_choice(group: str) -> Optional[str]:
     return HydraConfig.get().runtime.choices.get(group) if HydraConfig.initialized() else None
 
 
+def set_cpu_threads(cfg: DictConfig) -> None:
+    """torch's CPU threads from ``threads`` (null: torch's default). Results depend on the thread count (float
+    summation order), so training and scoring both follow it and ``metrics.json`` records it."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+
+
 def data_source(data_cfg: DictConfig) -> Any:
     """Rows for ``data.source``: the embedded set (always generated with seed 0) or a path / hub id."""
     if data_cfg.source == "embedded":
@@ -145,8 +152,7 @@ def train(cfg: DictConfig, launched_at: Optional[float] = None) -> dict[str, Any
     if ckpt_path:
         log.info(f"resuming from {ckpt_path}")
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    if cfg.threads:  # results depend on the thread count (summation order): metrics.json records it
-        torch.set_num_threads(cfg.threads)
+    set_cpu_threads(cfg)
 
     zero3 = cfg.strategy.name == "deepspeed" and cfg.strategy.stage == 3
     bundle = build_reward_model(**OmegaConf.to_container(cfg.model, resolve=True), defer_model=zero3)

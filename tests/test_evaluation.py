@@ -198,7 +198,8 @@ def test_evaluate_cli_scores_an_export_exactly_as_its_training_run(tmp_path, tin
     run_dir, eval_dir = tmp_path / "run", tmp_path / "evaluated"
     overrides = ["model=hf", f"model.name_or_path={tiny_llama_dir}", "data=local", f"data.source={data}",
                  "data.max_length=48", "data.batch_size=4", "data.section_mapping={Chat:[a],Safety:[b]}",
-                 "logger=none", "trainer.enable_progress_bar=false", "optimizer.optimizer.lr=1e-3"]
+                 "logger=none", "trainer.enable_progress_bar=false", "optimizer.optimizer.lr=1e-3",
+                 "threads=1"]  # as a sweep job runs; rescoring follows it too
     trained = subprocess.run([sys.executable, "-m", "rmlab", *overrides, f"hydra.run.dir={run_dir}"],
                              capture_output=True, text=True, timeout=600)
     assert trained.returncode == 0, trained.stderr[-3000:]
@@ -212,6 +213,7 @@ def test_evaluate_cli_scores_an_export_exactly_as_its_training_run(tmp_path, tin
     train_metrics, eval_metrics = (json.loads((d / "metrics.json").read_text()) for d in (run_dir, eval_dir))
     assert eval_metrics["eval"] == train_metrics["eval"] and eval_metrics["table3"] == train_metrics["table3"]
     assert set(train_metrics["table3"]) == {"Avg", "Chat", "Safety"}
+    assert train_metrics["run"]["cpu_threads"] == eval_metrics["run"]["cpu_threads"] == 1
     assert (eval_dir / "rewards" / "heldout.jsonl").read_bytes() == (run_dir / "rewards" / "heldout.jsonl").read_bytes()
     assert not (eval_dir / "checkpoints").exists() and not (eval_dir / "export").exists()  # nothing trained
 
