@@ -11,6 +11,7 @@ from typing import Any, Callable, Optional
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 
 from rmlab.packing import PackingLayout, fuse_projections, pack_batch, packed_rewards, packing_support
 from rmlab.scoring import forward_rewards
@@ -94,8 +95,9 @@ class RewardModule(pl.LightningModule):
     pairs per step are those of the padded batch. ``on`` raises when the model cannot be packed.
     ``tokens_real`` / ``tokens_processed`` count the training tokens (padding included in the latter).
     A ``torch.optim.Adam``/``AdamW`` factory that names neither ``fused`` nor ``foreach`` gets
-    ``fused=True`` when every parameter is on the CPU or a CUDA device and the strategy is single-device
-    or DDP (torch's CPU default is a per-tensor loop, several times slower here).
+    ``fused=True`` when every parameter is on the CPU or a CUDA device, the strategy is single-device
+    or DDP and no gradient scaler is used (torch's CPU default is a per-tensor loop, several times
+    slower here); see :meth:`configure_gradient_clipping` for clipping under ``bf16-mixed``.
     ``fused_projections``: on the CPU (single-device or DDP), the q/k/v projections of each attention
     layer run as one GEMM (:func:`rmlab.packing.fuse_projections`; same parameters and results).
     """
@@ -306,12 +308,25 @@ class RewardModule(pl.LightningModule):
                                            num_training_steps=total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: Optional[float] = None,
+                                    gradient_clip_algorithm: Optional[str] = None) -> None:
+        """Under ``bf16-mixed`` Lightning refuses to clip for a fused optimizer, since with fp16's loss scaling
+        the gradients would still be scaled when clipped. bf16 has no scaler (and under fp16 rmlab does not fuse:
+        :meth:`_can_fuse`), so the gradients are the true ones and are clipped as in fp32."""
+        plugin = self.trainer.precision_plugin
+        if isinstance(plugin, MixedPrecision) and plugin.scaler is None:
+            Precision.clip_gradients(plugin, optimizer, gradient_clip_val or 0.0, gradient_clip_algorithm or "norm")
+        else:
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def _can_fuse(self, parameters: list[torch.nn.Parameter]) -> bool:
         factory = self.optimizer_factory
         if not isinstance(factory, functools.partial) or factory.func not in (torch.optim.Adam, torch.optim.AdamW):
             return False
         if {"fused", "foreach"} & set(factory.keywords):
             return False
+        if getattr(getattr(self._trainer, "precision_plugin", None), "scaler", None) is not None:
+            return False  # fp16: a fused optimizer unscales inside its step, after clipping has seen scaled gradients
         return self._plain_strategy() and bool(parameters) and all(
             p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float16, torch.bfloat16)
             for p in parameters)

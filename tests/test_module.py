@@ -1,13 +1,15 @@
-"""RewardModule (rmlab/module.py): the optimizer's parameter groups."""
+"""RewardModule (rmlab/module.py): the optimizer's parameter groups, and clipping under mixed precision."""
 
 from __future__ import annotations
 
 import functools
+from types import SimpleNamespace
 
 import pytest
 
 import torch
 
+from conftest import write_topic_pairs
 from rmlab.losses import BradleyTerryLoss
 from rmlab.module import RewardModule
 
@@ -75,3 +77,56 @@ def test_progress_bar_counts_epochs_from_one_and_hides_the_logger_version():
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(pl.callbacks.RichProgressBar, "get_metrics", lambda self, t, m: {"v_num": "x1", "loss": 0.5})
         assert bar.get_metrics(None, None) == {"loss": 0.5}
+
+
+def test_bf16_mixed_clips_the_gradients_of_the_fused_optimizer(tiny_llama_dir, tmp_path, monkeypatch):
+    """``trainer.precision=bf16-mixed`` (what ``trainer=gpu`` sets) with rmlab's fused AdamW and gradient clipping:
+    Lightning's refusal to clip for a fused optimizer stopped the first step. bf16 scales nothing, so the
+    gradients are clipped to the total norm asked for, every step."""
+    import lightning.pytorch as pl
+
+    from rmlab.data.datamodule import PreferenceDataModule
+    from rmlab.data.formats import load_pairs
+    from rmlab.data.tokenize import PairTokenizer
+    from rmlab.model import build_reward_model
+
+    norms = []  # (total norm before, after) of each clipping
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def recording_clip(parameters, max_norm, *args, **kwargs):
+        parameters = list(parameters)
+        before = clip(parameters, max_norm, *args, **kwargs)
+        after = torch.linalg.vector_norm(torch.stack([p.grad.double().norm() for p in parameters if p.grad is not None]))
+        norms.append((float(before), float(after)))
+        return before
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording_clip)
+    pl.seed_everything(0, verbose=False)
+    bundle = build_reward_model(str(tiny_llama_dir))
+    data = write_topic_pairs(tmp_path / "pairs.jsonl", 12)
+    datamodule = PreferenceDataModule(functools.partial(load_pairs, str(data)),
+                                      PairTokenizer(bundle.tokenizer, bundle.chat_template, 64), val_fraction=0.0,
+                                      batch_size=4, eval_batch_size=4, seed=0, tokenized_cache=False)
+    module = RewardModule(bundle.model, BradleyTerryLoss(), functools.partial(torch.optim.AdamW, lr=1e-3))
+    trainer = pl.Trainer(accelerator="cpu", devices=1, precision="bf16-mixed", gradient_clip_val=0.05, max_epochs=1,
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, use_distributed_sampler=False)
+    trainer.fit(module, datamodule=datamodule)
+    assert trainer.optimizers[0].defaults.get("fused") is True
+    assert trainer.global_step == len(norms) == 3
+    for before, after in norms:
+        assert before > 0.05 and after == pytest.approx(0.05, rel=1e-4)
+
+
+@pytest.mark.parametrize("scaler,fused", [(None, True), (object(), None)])
+def test_no_fused_optimizer_when_fp16_scales_the_loss(tiny_llama_dir, scaler, fused):
+    """Under fp16 a fused optimizer would unscale its gradients only inside its step, after clipping saw them
+    scaled: rmlab then leaves torch's default (Lightning unscales first)."""
+    import lightning.pytorch as pl
+    from transformers import AutoModelForSequenceClassification
+
+    module = RewardModule(AutoModelForSequenceClassification.from_pretrained(tiny_llama_dir), BradleyTerryLoss(),
+                          functools.partial(torch.optim.AdamW, lr=1e-3))
+    module._trainer = SimpleNamespace(strategy=pl.strategies.SingleDeviceStrategy("cpu"), is_global_zero=True,
+                                      precision_plugin=SimpleNamespace(scaler=scaler))
+    assert module.configure_optimizers().defaults.get("fused") is fused
