@@ -109,6 +109,8 @@ class DataConfig:
         check(self.embedded_pairs_per_category >= 4, "data.embedded_pairs_per_category", "must be >= 4",
                self.embedded_pairs_per_category)
         check_source(self.source, "data.source")
+        check(self.source != "mixture" or bool(self.sources), "data.sources",
+              "data=mixture needs a list of sources, e.g. 'data.sources=[{path: a.jsonl, cap: 5000}]'", self.sources)
         for index, entry in enumerate(self.sources or []):
             check_source(entry.get("path") if isinstance(entry, dict) else None, f"data.sources[{index}].path")
 

@@ -48,6 +48,8 @@ def test_every_option_composes_and_validates(group, option):
         overrides.append("model.name_or_path=some/model")
     if group == "data" and option == "local":
         overrides.append("data.source=some/dataset")  # a hub id: its existence is checked when it loads
+    if group == "data" and option == "mixture":
+        overrides.append("data.sources=[{path: some/dataset}]")
     if group == "strategy" and option.startswith(("deepspeed", "fsdp")):
         overrides.append("trainer=gpu")  # CUDA-only strategies are refused with trainer.accelerator=cpu
     if group == "model" and option in ("gemma2_27b", "llama3_1_8b"):  # bf16 weights need DeepSpeed's master copy
@@ -96,6 +98,7 @@ def test_typos_and_types_fail_at_composition(override, fragment):
     (["data.max_length=4"], "data.max_length"),
     (["data.on_bad_row=ignore"], "data.on_bad_row"),
     (["threads=0"], "threads"),
+    (["data=mixture"], "data.sources"),  # else the marker source "mixture" went to the hub
 ])
 def test_out_of_range_values_name_the_key(overrides, key):
     cfg = compose_config(*overrides)

@@ -105,18 +105,57 @@ def test_exported_model_reproduces_rewards_with_plain_transformers(finished_run)
             assert expected["subset"] == pair.subset
 
 
-def test_training_data_can_be_a_mixture(tmp_path):
-    """data.sources feeds rmlab.data.recipe.load_mixture; caps and filters apply, rows stay counted."""
-    from omegaconf import OmegaConf
+def test_default_run_on_the_embedded_data_with_minilm(tmp_path):
+    """``python -m rmlab`` as the README runs it (MiniLM, the embedded set), smaller, with ``logger=tensorboard``
+    and ``callbacks=none``: the four Table 3 sections, a TensorBoard event file, no checkpoint anywhere, and an
+    export whose rewards are the run's."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from conftest import split_pairs
+    from rmlab.data.embedded import generate_embedded_pairs
+    from rmlab.data.formats import load_pairs
+
+    run_dir = tmp_path / "out"
+    command = [sys.executable, "-m", "rmlab", "data.embedded_pairs_per_category=24", "logger=tensorboard",
+               "callbacks=none", f"hydra.run.dir={run_dir}"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics["table3"]) == {"Chat", "Chat Hard", "Safety", "Reasoning", "Avg"}
+    rows = len(generate_embedded_pairs(24, seed=0))
+    assert metrics["data"]["rows_read"] == rows == metrics["run"]["train_pairs"] + metrics["run"]["heldout_pairs"]
+    assert list(run_dir.rglob("events.out.tfevents.*")) and not list(tmp_path.rglob("*.ckpt"))
+    model = AutoModelForSequenceClassification.from_pretrained(run_dir / "export").eval()
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "export")
+    assert model.config.model_type == "bert"
+    _, heldout = split_pairs(load_pairs(generate_embedded_pairs(24, seed=0))[0], 0.15)
+    saved = [json.loads(line) for line in (run_dir / "rewards" / "heldout.jsonl").read_text().splitlines()]
+    assert len(saved) == len(heldout) == metrics["run"]["heldout_pairs"]
+    with torch.no_grad():
+        for pair, expected in list(zip(heldout, saved))[:3]:
+            ids = tokenizer.apply_chat_template(pair.chosen, tokenize=True, return_dict=True, return_tensors="pt")
+            assert model(**ids).logits.item() == pytest.approx(expected["chosen"], abs=1e-4)
+
+
+def test_training_data_can_be_a_mixture(tmp_path):
+    """``data=mixture`` with ``data.sources`` (the composed, validated config) feeds
+    rmlab.data.recipe.load_mixture; caps and filters apply, rows stay counted."""
+    from hydra import compose, initialize_config_module
+
+    from rmlab.config import register_configs, validate
     from rmlab.train import pairs_loader
 
     write_pairs(tmp_path / "a.jsonl")  # 96 good pairs + 1 empty response + 1 invalid JSON line
     write_pairs(tmp_path / "b.jsonl")
-    data = OmegaConf.create({"sources": [{"path": str(tmp_path / "a.jsonl"), "cap": 10},
-                                         {"path": str(tmp_path / "b.jsonl"), "filters": {"min_response_chars": 5}}],
-                             "mixture_total": None})
-    pairs, stats = pairs_loader(data)()
+    register_configs()
+    with initialize_config_module(config_module="rmlab.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[
+            "data=mixture", f"data.sources=[{{path: {tmp_path / 'a.jsonl'}, cap: 10}}, "
+                            f"{{path: {tmp_path / 'b.jsonl'}, filters: {{min_response_chars: 5}}}}]"])
+    cfg.paths.output_dir = str(tmp_path / "out")  # what Hydra sets in a run
+    validate(cfg)
+    pairs, stats = pairs_loader(cfg.data)()
     assert len(pairs) == 10 + 0  # b's rejected responses are all "no" (2 chars): filtered out
     assert stats.rows_read == 2 * 98 and stats.rows_used == len(pairs)
     assert stats.rows_used + sum(stats.skipped.values()) == stats.rows_read

@@ -138,6 +138,33 @@ def test_plan_counts_parameters_of_the_paper_presets_offline(preset, expected_bi
     assert 0 < plan["memory_gib_per_gpu"]["model_states"] < 80
 
 
+@pytest.mark.parametrize("experiment,stage,lr", [("paper_gemma2_27b", 3, 1e-6), ("paper_llama3_1_8b", 2, 2e-6)])
+def test_paper_experiments_plan_the_papers_recipe(experiment, stage, lr):
+    """``+experiment=paper_*`` (what ``+sweeps=table3_paper`` runs) composes, validates and plans offline:
+    8 GPUs, global batch 128 from micro-batches of 2 (accumulation 8), ZeRO-``stage``, bf16, the paper's lr."""
+    cfg = compose_config(f"+experiment={experiment}", "plan=true")
+    validate(cfg)
+    plan = build_plan(cfg)
+    assert plan["batch"]["devices"] == 8 and plan["batch"]["accumulation"] == 8
+    assert plan["batch"]["pairs_per_optimizer_step"] == 128
+    assert plan["strategy"]["deepspeed_config"]["zero_optimization"]["stage"] == stage
+    assert cfg.optimizer.optimizer.lr == lr and cfg.trainer.precision == "bf16-mixed" and cfg.trainer.max_epochs == 2
+
+
+def test_paper_table3_sweep_composes_for_slurm():
+    """The README's ``+sweeps=table3_paper hydra/launcher=submitit_slurm``: eight losses on the Gemma recipe."""
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="rmlab.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["+sweeps=table3_paper", "hydra/launcher=submitit_slurm"],
+                      return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert len(cfg.hydra.sweeper.params.loss.split(",")) == 8
+    job = compose_config("+sweeps=table3_paper")
+    validate(job)
+    assert job.model.name_or_path == compose_config("model=gemma2_27b").model.name_or_path
+
+
 def test_gemma_parameter_count_by_hand():
     """Gemma-2-27B from its architecture numbers, independently of transformers."""
     h, layers, vocab, heads, kv, head_dim, inter = 4608, 46, 256000, 32, 16, 128, 36864
