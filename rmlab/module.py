@@ -12,6 +12,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+from lightning.pytorch.strategies import FSDPStrategy
 
 from rmlab.packing import PackingLayout, fuse_projections, pack_batch, packed_rewards, packing_support
 from rmlab.scoring import forward_rewards
@@ -310,11 +311,17 @@ class RewardModule(pl.LightningModule):
 
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: Optional[float] = None,
                                     gradient_clip_algorithm: Optional[str] = None) -> None:
-        """Under ``bf16-mixed`` Lightning refuses to clip for a fused optimizer, since with fp16's loss scaling
-        the gradients would still be scaled when clipped. bf16 has no scaler (and under fp16 rmlab does not fuse:
-        :meth:`_can_fuse`), so the gradients are the true ones and are clipped as in fp32."""
-        plugin = self.trainer.precision_plugin
-        if isinstance(plugin, MixedPrecision) and plugin.scaler is None:
+        """Two cases where Lightning's own clipping refuses what rmlab selects:
+
+        * FSDP: clipping by norm must go through the root FSDP module (the norm over every rank's shards),
+          which Lightning's plugin cannot reach; rmlab calls it.
+        * ``bf16-mixed`` with a fused optimizer: Lightning refuses, since with fp16's loss scaling the gradients
+          would still be scaled when clipped. bf16 has no scaler (and under fp16 rmlab does not fuse:
+          :meth:`_can_fuse`), so the gradients are the true ones and are clipped as in fp32."""
+        plugin, strategy = self.trainer.precision_plugin, self.trainer.strategy
+        if isinstance(strategy, FSDPStrategy) and gradient_clip_val and (gradient_clip_algorithm or "norm") == "norm":
+            strategy.model.clip_grad_norm_(gradient_clip_val)
+        elif isinstance(plugin, MixedPrecision) and plugin.scaler is None:
             Precision.clip_gradients(plugin, optimizer, gradient_clip_val or 0.0, gradient_clip_algorithm or "norm")
         else:
             super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)

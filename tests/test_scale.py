@@ -88,10 +88,17 @@ def test_strategy_options_carry_only_their_own_fields():
         compose_config("strategy=ddp", "strategy.stage=3")
 
 
-def test_ddp_and_auto_strategies_build():
+def test_ddp_auto_and_fsdp_strategies_build():
+    """FSDP itself needs CUDA (torch refuses CPU-only FSDP; tests/gpu runs a fit): here, the strategy it builds."""
+    from torch.distributed.fsdp import ShardingStrategy
+
     assert build_strategy(compose_config().strategy, "cpu", 8) == "auto"
     ddp = build_strategy(compose_config("strategy=ddp").strategy, "cpu", 8)
     assert type(ddp).__name__ == "DDPStrategy"
+    fsdp = build_strategy(compose_config("strategy=fsdp", "trainer=gpu", "strategy.sharding=SHARD_GRAD_OP").strategy,
+                          "gpu", 2)
+    assert type(fsdp).__name__ == "FSDPStrategy" and fsdp.sharding_strategy == ShardingStrategy.SHARD_GRAD_OP
+    assert fsdp._state_dict_type == "full"  # the export needs whole tensors on rank 0
 
 
 def test_cuda_only_strategies_are_refused_on_cpu_with_the_alternative():
@@ -205,6 +212,23 @@ def test_plan_cli_is_offline_and_fast(tmp_path):
                               "plan=true", f"hydra.run.dir={tmp_path}/b"], capture_output=True, text=True,
                              timeout=120, env=env)
     assert missing.returncode != 0 and "model.arch_config" in missing.stderr
+
+
+@pytest.mark.slow
+def test_srun_ranks_share_the_slurm_jobs_run_dir(tmp_path):
+    """Under ``srun`` every rank resolves ``outputs/runs/slurm-<job id>``; rank 1 logs to its own file and writes
+    no ``.hydra/`` (plan mode: no trainer, so this is the launch-time resolution alone)."""
+    run_dir = tmp_path / "outputs" / "runs" / "slurm-4242"
+    for rank in (1, 0):
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "SLURM_JOB_ID": "4242", "SLURM_PROCID": str(rank)}
+        env.pop("RANK", None)
+        result = subprocess.run([sys.executable, "-m", "rmlab", "model=gemma2_27b", "strategy=deepspeed_zero3",
+                                 "trainer.devices=8", "plan=true"], cwd=tmp_path, capture_output=True, text=True,
+                                timeout=120, env=env)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert (run_dir / "plan.json").is_file() and (run_dir / ".hydra").is_dir() == (rank == 0)
+    assert sorted(p.name for p in run_dir.glob("*.log")) == ["rmlab.log", "rmlab_rank1.log"]
+    assert [p.name for p in (tmp_path / "outputs" / "runs").iterdir()] == ["slurm-4242"]
 
 
 @pytest.mark.slow

@@ -1,5 +1,5 @@
-"""DeepSpeed ZeRO-2/3 on one real GPU: fit, score on the GPU, export and reload, resume; and plain bf16-mixed
-on one GPU (tests/gpu/run.sh).
+"""DeepSpeed ZeRO-2/3 on one real GPU: fit, score on the GPU, export and reload, resume; and bf16-mixed fits
+on one GPU without DeepSpeed (single device, FSDP) (tests/gpu/run.sh).
 
 The same checks as tests/test_deepspeed.py on CPU, with CUDA and bf16-mixed: the tiny Llama of conftest.py
 (random weights, built from a config: nothing is downloaded), 4 steps with a checkpoint every 2.
@@ -71,10 +71,11 @@ def test_zero3_resumes_from_its_deepspeed_checkpoint(tmp_path, tiny_llama_dir):
     assert json.loads((run_dir / "metrics.json").read_text())["run"]["optimizer_steps"] == 4
 
 
-def test_single_gpu_bf16_mixed_with_the_fused_optimizer(tmp_path, tiny_llama_dir):
-    """``trainer=gpu`` alone: one device, bf16-mixed, fused AdamW, gradients clipped (Lightning's own refusal
-    stopped this at its first step; tests/test_module.py runs the same precision plugin on the CPU)."""
+@pytest.mark.parametrize("strategy", ["auto", "fsdp"])
+def test_single_gpu_bf16_mixed_fits_with_clipping(tmp_path, tiny_llama_dir, strategy):
+    """``trainer=gpu`` with one device and bf16-mixed: fused AdamW (auto), or FSDP, gradients clipped by norm
+    (Lightning's own clipping stopped both at their first step; tests/test_module.py covers what runs on CPU)."""
     run_dir = tmp_path / "run"
-    result = run(tmp_path, tiny_llama_dir, run_dir, "strategy=auto")
+    result = run(tmp_path, tiny_llama_dir, run_dir, f"strategy={strategy}")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert json.loads((run_dir / "metrics.json").read_text())["run"]["optimizer_steps"] == 4
