@@ -320,6 +320,31 @@ def write_topic_pairs(path: Path, count: int) -> Path:
     return path
 
 
+def fit_reward_module(bundle: Any, data: Path, **trainer_kwargs: Any) -> tuple[Any, Any]:
+    """``(module, trainer)`` after one epoch on ``data`` (4 pairs a step, nothing held out): rmlab's RewardModule
+    with the BT loss and AdamW (lr 1e-3) in a plain CPU Trainer; ``trainer_kwargs`` add or override its arguments."""
+    import functools
+
+    import lightning.pytorch as pl
+    import torch
+
+    from rmlab.data.datamodule import PreferenceDataModule
+    from rmlab.data.formats import load_pairs
+    from rmlab.data.tokenize import PairTokenizer
+    from rmlab.losses import BradleyTerryLoss
+    from rmlab.module import RewardModule
+
+    datamodule = PreferenceDataModule(functools.partial(load_pairs, str(data)),
+                                      PairTokenizer(bundle.tokenizer, bundle.chat_template, 64), val_fraction=0.0,
+                                      batch_size=4, eval_batch_size=4, seed=0, tokenized_cache=False)
+    module = RewardModule(bundle.model, BradleyTerryLoss(), functools.partial(torch.optim.AdamW, lr=1e-3))
+    trainer = pl.Trainer(**{"accelerator": "cpu", "devices": 1, "max_epochs": 1, "logger": False,
+                            "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False,
+                            "use_distributed_sampler": False, **trainer_kwargs})
+    trainer.fit(module, datamodule=datamodule)
+    return module, trainer
+
+
 # --------------------------------------------------------------------------- W&B offline runs
 def wandb_records(path: Path) -> list:
     """The protobuf records of a W&B run file (``run-<id>.wandb``: a leveldb-style log of 32 KiB blocks after a

@@ -227,21 +227,27 @@ def test_score_pairs_splits_chosen_and_rejected(llama_bundle):
     assert rejected == pytest.approx([expected[1], expected[3]], abs=1e-5)
 
 
-def test_lora_trains_adapters_and_head_and_exports_merged(tiny_llama_dir, tmp_path):
+def test_lora_fit_moves_only_adapters_and_head(tiny_llama_dir, tmp_path):
+    """``model.lora.enabled=true`` through RewardModule and a Lightning fit (packed, fused AdamW): the adapters and
+    the reward head move, every base weight stays bit for bit, and the merged export scores as the trained model."""
     pytest.importorskip("peft")
-    from transformers import AutoModelForSequenceClassification
+    import lightning.pytorch as pl
 
-    from rmlab.model import build_reward_model, export_reward_model
+    from conftest import fit_reward_module, write_topic_pairs
 
-    lora = {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}
-    bundle = build_reward_model(str(tiny_llama_dir), lora=lora)
+    pl.seed_everything(0, verbose=False)
+    bundle = build_reward_model(str(tiny_llama_dir), lora={"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0,
+                                                           "target_modules": "all-linear"})
     trainable = {n for n, p in bundle.model.named_parameters() if p.requires_grad}
-    assert any("lora_" in n for n in trainable) and any("score" in n for n in trainable)
-    assert not any("embed_tokens" in n or ("q_proj.base_layer" in n) for n in trainable)
-    with torch.no_grad():  # as if trained: adapters and head move away from their initial values
-        for name, parameter in bundle.model.named_parameters():
-            if parameter.requires_grad:
-                parameter.add_(0.05 * torch.randn_like(parameter))
+    assert any("lora_B" in n for n in trainable) and any("score" in n for n in trainable)
+    assert not any("embed_tokens" in n or "q_proj.base_layer" in n for n in trainable)
+    before = {n: p.detach().clone() for n, p in bundle.model.named_parameters()}
+    module, trainer = fit_reward_module(bundle, write_topic_pairs(tmp_path / "pairs.jsonl", 16), gradient_clip_val=1.0)
+    assert trainer.global_step == 4 and module.packing_layout is not None
+    assert trainer.optimizers[0].defaults.get("fused") is True
+    for name, parameter in bundle.model.named_parameters():
+        moved = not torch.equal(parameter.detach(), before[name])
+        assert moved == (name in trainable), name  # lora_B starts at zero: it moves only if trained
     ids = torch.tensor([[1, 30, 31, 32, 2]])
     bundle.model.eval()
     with torch.no_grad():
@@ -250,3 +256,18 @@ def test_lora_trains_adapters_and_head_and_exports_merged(tiny_llama_dir, tmp_pa
     reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "export").eval()
     with torch.no_grad():
         assert reloaded(input_ids=ids).logits.item() == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize("installed,expected", [(True, "flash_attention_2"), (False, "eager")])
+def test_preset_attention_falls_back_without_flash_attn(monkeypatch, installed, expected):
+    """The Gemma preset's ``flash_attention_2|eager``: flash-attention 2 only when its package is installed."""
+    import importlib.util
+
+    from rmlab.model import resolve_attention
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if installed and name == "flash_attn" else
+                        None if name == "flash_attn" else real_find_spec(name, *a))
+    assert resolve_attention("flash_attention_2|eager") == expected
+    assert resolve_attention("sdpa") == "sdpa" and resolve_attention(None) is None

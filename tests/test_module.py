@@ -9,7 +9,7 @@ import pytest
 
 import torch
 
-from conftest import write_topic_pairs
+from conftest import fit_reward_module, write_topic_pairs
 from rmlab.losses import BradleyTerryLoss
 from rmlab.module import RewardModule
 
@@ -85,9 +85,6 @@ def test_bf16_mixed_clips_the_gradients_of_the_fused_optimizer(tiny_llama_dir, t
     gradients are clipped to the total norm asked for, every step."""
     import lightning.pytorch as pl
 
-    from rmlab.data.datamodule import PreferenceDataModule
-    from rmlab.data.formats import load_pairs
-    from rmlab.data.tokenize import PairTokenizer
     from rmlab.model import build_reward_model
 
     norms = []  # (total norm before, after) of each clipping
@@ -103,15 +100,8 @@ def test_bf16_mixed_clips_the_gradients_of_the_fused_optimizer(tiny_llama_dir, t
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording_clip)
     pl.seed_everything(0, verbose=False)
     bundle = build_reward_model(str(tiny_llama_dir))
-    data = write_topic_pairs(tmp_path / "pairs.jsonl", 12)
-    datamodule = PreferenceDataModule(functools.partial(load_pairs, str(data)),
-                                      PairTokenizer(bundle.tokenizer, bundle.chat_template, 64), val_fraction=0.0,
-                                      batch_size=4, eval_batch_size=4, seed=0, tokenized_cache=False)
-    module = RewardModule(bundle.model, BradleyTerryLoss(), functools.partial(torch.optim.AdamW, lr=1e-3))
-    trainer = pl.Trainer(accelerator="cpu", devices=1, precision="bf16-mixed", gradient_clip_val=0.05, max_epochs=1,
-                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, use_distributed_sampler=False)
-    trainer.fit(module, datamodule=datamodule)
+    _, trainer = fit_reward_module(bundle, write_topic_pairs(tmp_path / "pairs.jsonl", 12), precision="bf16-mixed",
+                                   gradient_clip_val=0.05)
     assert trainer.optimizers[0].defaults.get("fused") is True
     assert trainer.global_step == len(norms) == 3
     for before, after in norms:
