@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from conftest import REPO_ROOT, write_jsonl
+from rmlab.bench.workers import benchmark_pairs
 
 @pytest.mark.slow  # real training runs in subprocesses
 def test_bench_runs_all_sides_on_the_same_pairs_and_prints_the_table(tiny_llama_dir, tmp_path):
@@ -23,15 +24,17 @@ def test_bench_runs_all_sides_on_the_same_pairs_and_prints_the_table(tiny_llama_
     result = subprocess.run(
         [sys.executable, "-m", "rmlab.bench", "--model", str(tiny_llama_dir), "--data", str(data), "--max-pairs", "20",
          "--max-length", "128", "--batch-size", "4", "--rounds", "1", "--threads", "1", "--gemm-seconds", "0.2",
-         "--configs", "rmlab,trl-defaults,trl-best", "--json", str(summary_path), "--workdir", str(tmp_path / "runs")],
+         "--configs", "rmlab,rmlab-padded,trl-defaults,trl-best", "--json", str(summary_path),
+         "--workdir", str(tmp_path / "runs")],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
-    assert len(table) == 1 + 3 and "pairs/s" in table[0] and "share of GEMM peak" in table[0]
-    for label in ("rmlab (Lightning, packed batches)", "TRL RewardTrainer, defaults",
+    assert len(table) == 1 + 4 and "pairs/s" in table[0] and "share of GEMM peak" in table[0]
+    for label in ("rmlab (Lightning, packed batches)", "rmlab, packing off (length-grouped, padded)",
+                  "TRL RewardTrainer, defaults",
                   "TRL, group_by_length + checkpointing off"):
         assert any(line.startswith(f"| {label} |") for line in table), label
-    assert "rmlab / trl-defaults:" in result.stdout and "rmlab / trl-best:" in result.stdout
+    assert all(f"rmlab / {other}:" in result.stdout for other in ("rmlab-padded", "trl-defaults", "trl-best"))
     assert "load average" in result.stdout and "GEMM peak measured in this run" in result.stdout
 
     summary = json.loads(summary_path.read_text())["summary"]
@@ -45,6 +48,15 @@ def test_bench_runs_all_sides_on_the_same_pairs_and_prints_the_table(tiny_llama_
         assert 0 < values["real_fraction"] <= 1 and values["gemm_share"] > 0
     assert configs["rmlab"]["real_fraction"] == 1.0  # one padding-free row per batch
     assert configs["rmlab"]["packing"].startswith("rmlab_segments") and configs["rmlab"]["optimizer"] == "AdamW fused"
+    # rmlab-padded: packing off, so each batch of 4 length-sorted pairs (one window) pads to its longest sequence
+    _, tokenized, _ = benchmark_pairs({"model": str(tiny_llama_dir), "data": str(data), "max_pairs": 20,
+                                       "max_length": 128})
+    widths = sorted((max(len(p.chosen_ids), len(p.rejected_ids)) for p in tokenized), reverse=True)
+    padded_tokens = sum(2 * len(widths[i:i + 4]) * widths[i] for i in range(0, len(widths), 4))
+    real_tokens = sum(len(p.chosen_ids) + len(p.rejected_ids) for p in tokenized)
+    assert configs["rmlab"]["real_tokens"] == real_tokens < padded_tokens
+    assert configs["rmlab-padded"]["packing"] == "off" and configs["rmlab-padded"]["optimizer"] == "AdamW fused"
+    assert configs["rmlab-padded"]["real_fraction"] == pytest.approx(real_tokens / padded_tokens)
 
 
 def test_ratios_are_paired_by_round_with_their_spread():

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from rmlab.config import ConfigError
 from rmlab.data.formats import load_pairs, to_pair
@@ -154,6 +155,40 @@ def test_select_tool_end_to_end(tmp_path):
     assert report["unused"] == {"fractions": [], "offsets": ["typo"]}
 
 
+MAGPIE_KEPT = {"Math": 3, "Coding & Debugging": 3, "Information seeking": 2}  # 30% of 10, 30% of 10, 10% of 20
+MAGPIE_OFFSETS = {"magpie_air": -0.1, "magpie_pro": -0.05}
+
+
+def magpie_top(rows: list[dict], offsets: dict[str, float]) -> dict[str, list[int]]:
+    """Per category, the indices of its top rows by score plus the source's offset (the preset's rule)."""
+    return {category: sorted(sorted((i for i, row in enumerate(rows) if row["task_category"] == category),
+                                    key=lambda i: rows[i]["score"] + offsets.get(rows[i]["source"], 0.0))[-kept:])
+            for category, kept in MAGPIE_KEPT.items()}
+
+
+@pytest.mark.slow
+def test_select_magpie_preset_end_to_end(tmp_path):
+    """``tool=select_magpie`` keeps what its preset documents: 30% of math and code, 10% of the rest, offsets."""
+    categories = ["Math", "Coding & Debugging", "Information seeking", "Information seeking"]
+    sources = ["magpie_air", "magpie_pro", "magpie_ultra"]
+    # scores on a 0.011 grid: no two adjusted scores tie (offset gaps are 0.05 and 0.1)
+    rows = [pair_row(f"q{i}", task_category=categories[i % 4], source=sources[i % 3],
+                     score=round(0.011 * (9 * i % 40), 3)) for i in range(40)]
+    expected = magpie_top(rows, MAGPIE_OFFSETS)
+    unadjusted = magpie_top(rows, {})
+    assert all(unadjusted[category] != expected[category] for category in MAGPIE_KEPT)  # offsets matter everywhere
+    assert magpie_top(rows, {"magpie_air": -0.1, "magpie_pro": -0.1}) != expected  # and Pro's differs from Air's
+    data = write_jsonl(tmp_path / "magpie.jsonl", rows)
+    result = run_tool("tool=select_magpie", tmp_path / "run", f"tool.input.path={data}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    kept = read_jsonl(tmp_path / "run" / "pairs.jsonl")
+    assert kept == [rows[i] for i in sorted(sum(expected.values(), []))]  # rows unchanged, in file order
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert {r["category"]: (r["pairs"], r["fraction"], r["kept"]) for r in report["categories"]} == {
+        "Math": (10, 0.3, 3), "Coding & Debugging": (10, 0.3, 3), "Information seeking": (20, 0.1, 2)}
+    assert report["unused"] == {"fractions": [], "offsets": []}
+
+
 # --------------------------------------------------------------------------- mixtures
 def mixture_files(tmp_path: Path) -> tuple[Path, Path]:
     """40 rows in the messages layout (1-3 user turns, categories x/y), 30 prompt/chosen/rejected rows (z)."""
@@ -291,6 +326,13 @@ def test_every_tool_config_composes_and_validates(tool):
 def test_entry_point_usage_and_errors_name_the_key(tmp_path):
     usage = subprocess.run([sys.executable, "-m", "rmlab.data"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert usage.returncode == 2 and "decontaminate" in usage.stderr and "rm_filter" in usage.stderr
+    shown = run_tool("select_magpie", tmp_path / "r0", "--cfg", "job", cwd=tmp_path)  # the usage's help on one tool
+    assert shown.returncode == 0 and not (tmp_path / "r0").exists(), shown.stderr[-3000:]
+    tool = yaml.safe_load(shown.stdout)["tool"]
+    assert (tool["input"]["path"], tool["input"]["subset_key"], tool["input"]["source_key"]) == (
+        "???", "task_category", "source")
+    assert tool["default_fraction"] == 0.1 and tool["fractions"] == {"Math": 0.3, "Coding & Debugging": 0.3}
+    assert tool["offsets"] == MAGPIE_OFFSETS
     bad = run_tool("select", tmp_path / "r1", "tool.input.path=x.jsonl", "tool.default_fraction=1.5", cwd=tmp_path)
     assert bad.returncode == 2 and "tool.default_fraction=1.5 is invalid" in bad.stderr
     missing = run_tool("select", tmp_path / "r2", "tool.input.path=nope.jsonl", cwd=tmp_path)
