@@ -37,6 +37,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     import torch
 
     from rmlab.console import quiet_third_party
+    from rmlab.data.formats import RowStats
     from rmlab.evaluation import heldout_set, load_eval_sets, score_sets, set_reports, table3_row, table3_set, \
         write_rewards
     from rmlab.data.tokenize import PairTokenizer
@@ -55,7 +56,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     output_dir.mkdir(parents=True, exist_ok=True)
     bundle = build_reward_model(**OmegaConf.to_container(cfg.model, resolve=True), require_head=True)
     pair_tokenizer = PairTokenizer(bundle.tokenizer, bundle.chat_template, cfg.data.max_length)
-    sets, data = [], {}
+    sets, data = [], RowStats().as_dict()  # no training data read unless eval.heldout
     if cfg.eval.heldout:
         datamodule = build_datamodule(cfg, pair_tokenizer)
         datamodule.setup()

@@ -126,9 +126,10 @@ def set_reports(sets: Sequence[EvalSet], rewards: Rewards) -> dict[str, Any]:
     return reports
 
 
-def table3_set(sets: Sequence[EvalSet]) -> str:
-    """The set whose sections make the Table 3 row: the one marked RewardBench, else the held-out pairs."""
-    return next((s.name for s in sets if s.rewardbench), HELDOUT)
+def table3_set(sets: Sequence[EvalSet]) -> Optional[str]:
+    """The set whose sections make the Table 3 row: the one marked RewardBench, else the held-out pairs (None
+    when neither is scored)."""
+    return next((s.name for s in sets if s.rewardbench), HELDOUT if any(s.name == HELDOUT for s in sets) else None)
 
 
 def table3_row(reports: dict[str, Any], set_name: str) -> dict[str, float]:

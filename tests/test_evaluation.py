@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_topic_pairs
+from conftest import write_jsonl, write_topic_pairs
+from test_rewardbench import OFFICIAL_EXAMPLE_COUNTS, OFFICIAL_SUBSET_MAPPING
 
 from rmlab.data.tokenize import TokenizedPair
 
@@ -175,6 +176,7 @@ def test_table3_row_comes_from_the_set_marked_rewardbench_whatever_its_name():
                "rewardbench": ([0.0, 0.0], [1.0, 1.0])}
     reports = set_reports([heldout, marked, other], rewards)
     assert table3_set([heldout, other, marked]) == "rb_filtered" and table3_set([heldout, other]) == "heldout"
+    assert table3_set([other]) is None  # eval.heldout=false and no RewardBench set: no Table 3 row
     row = table3_row(reports, "rb_filtered")
     assert row == {"Avg": pytest.approx((1.0 + 0.0 + 1.0) / 3), "Chat": 1.0, "Safety": 1.0, "Reasoning": 0.0}
     assert reports["rb_filtered"]["truncated_pairs"] == 1 and reports["heldout"]["truncated_pairs"] == 0
@@ -216,6 +218,91 @@ def test_evaluate_cli_scores_an_export_exactly_as_its_training_run(tmp_path, tin
     assert train_metrics["run"]["cpu_threads"] == eval_metrics["run"]["cpu_threads"] == 1
     assert (eval_dir / "rewards" / "heldout.jsonl").read_bytes() == (run_dir / "rewards" / "heldout.jsonl").read_bytes()
     assert not (eval_dir / "checkpoints").exists() and not (eval_dir / "export").exists()  # nothing trained
+
+
+def evaluate_in_process(output_dir: Path, *overrides: str) -> dict:
+    """``python -m rmlab.evaluate <overrides>`` in this process (composed and validated as its ``main`` does, on one
+    thread, no logger); returns the metrics.json it wrote."""
+    from hydra import compose, initialize_config_module
+
+    from rmlab.config import validate
+    from rmlab.evaluate import evaluate
+
+    with initialize_config_module(config_module="rmlab.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[*overrides, "logger=none", "threads=1",
+                                                        f"paths.output_dir={output_dir}"])
+    validate(cfg, training=False)
+    evaluate(cfg)
+    return json.loads((output_dir / "metrics.json").read_text())
+
+
+def saved_rewards(output_dir: Path, set_name: str) -> list[dict]:
+    return [json.loads(line) for line in (output_dir / "rewards" / f"{set_name}.jsonl").read_text().splitlines()]
+
+
+def test_evaluate_with_eval_rewardbench_takes_table3_from_the_filtered_split(tmp_path, tiny_llama_dir):
+    """``eval=rewardbench`` on a local copy of allenai/reward-bench laid out as on the hub (``data/<split>-*``
+    files): only the ``filtered`` split is scored, and Table 3's row is RewardBench's official formula on the
+    written rewards (per-subset accuracy, sections weighted by the official counts), not the held-out row."""
+    rows = []
+    for members in OFFICIAL_SUBSET_MAPPING.values():
+        for index, subset in enumerate(members[::2]):  # math-prm (weight 984, not its row count) among them
+            for number in range(3):  # the answers alternate sides: the subsets' accuracies differ (checked below)
+                answer = f"Here is a careful answer, part {number}."
+                chosen, rejected = ("No.", answer) if (index + number) % 2 else (answer, "No.")
+                rows.append({"prompt": f"Question {number} from {subset}?", "chosen": chosen, "rejected": rejected,
+                             "chosen_model": "gpt-4", "rejected_model": "llama-2-7b", "subset": subset,
+                             "id": len(rows)})
+    (tmp_path / "reward-bench" / "data").mkdir(parents=True)
+    write_jsonl(tmp_path / "reward-bench" / "data" / "filtered-00000-of-00001.jsonl", rows)
+    write_jsonl(tmp_path / "reward-bench" / "data" / "raw-00000-of-00001.jsonl",
+                rows + [{**rows[0], "id": len(rows), "subset": "alpacaeval-easy"}])  # raw: a superset
+    data = write_topic_pairs(tmp_path / "pairs.jsonl", 16)
+    output_dir = tmp_path / "evaluated"
+    metrics = evaluate_in_process(output_dir, "model=hf", f"model.name_or_path={tiny_llama_dir}", "eval=rewardbench",
+                                  f"eval.sets.0.source={tmp_path / 'reward-bench'}", "data=local",
+                                  f"data.source={data}", "data.section_mapping={Chat:[a],Safety:[b]}")
+    scored = saved_rewards(output_dir, "rewardbench")
+    assert [line["subset"] for line in scored] == [row["subset"] for row in rows]  # the filtered rows, in order
+    outcomes: dict[str, list[bool]] = {}
+    for line in scored:
+        outcomes.setdefault(line["subset"], []).append(line["chosen"] > line["rejected"])
+    accuracy = {subset: sum(wins) / len(wins) for subset, wins in outcomes.items()}
+    expected = {}
+    for section, members in OFFICIAL_SUBSET_MAPPING.items():
+        present = [subset for subset in members if subset in accuracy]
+        assert len({accuracy[subset] for subset in present}) > 1, section  # so the weights matter
+        expected[section] = sum(OFFICIAL_EXAMPLE_COUNTS[subset] * accuracy[subset] for subset in present) / \
+            sum(OFFICIAL_EXAMPLE_COUNTS[subset] for subset in present)
+    assert metrics["run"]["table3_set"] == "rewardbench" and "Avg" in metrics["eval"]["heldout"]
+    assert metrics["table3"] == pytest.approx({"Avg": sum(expected.values()) / 4, **expected}, rel=1e-12)
+    assert metrics["eval"]["rewardbench"]["data"]["rows_used"] == len(rows)
+
+
+def test_evaluate_scores_bfloat16_weights_without_the_heldout_set(tmp_path, tiny_llama_dir):
+    """README's recipe for a released model, on the CPU: ``model.dtype=bfloat16 eval.heldout=false`` with one
+    ``eval.sets`` entry. Every reward is a bf16 forward's output, within 2% (bf16 keeps 8 significant bits: 0.4% a
+    rounding) of an fp32 transformers forward of the same conversation; the training data is neither read nor scored."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    source = write_topic_pairs(tmp_path / "mine.jsonl", 12)
+    output_dir = tmp_path / "evaluated"
+    metrics = evaluate_in_process(output_dir, "model=hf", f"model.name_or_path={tiny_llama_dir}",
+                                  "model.dtype=bfloat16", "eval.heldout=false",
+                                  f"eval.sets=[{{name: mine, source: {source}}}]")
+    assert list(metrics["eval"]) == ["mine"] and not (output_dir / "rewards" / "heldout.jsonl").exists()
+    assert metrics["data"]["rows_read"] == 0 and metrics["table3"] == {} and metrics["run"]["table3_set"] is None
+    scored = saved_rewards(output_dir, "mine")
+    rows = [json.loads(line) for line in source.read_text().splitlines()]
+    assert len(scored) == len(rows)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_llama_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    with torch.no_grad():
+        for row, line in zip(rows, scored):
+            for side in ("chosen", "rejected"):
+                ids = tokenizer.apply_chat_template(row[side], tokenize=True, return_dict=True, return_tensors="pt")
+                assert line[side] == float(torch.tensor(line[side]).bfloat16())  # bf16 logits, not fp32 ones
+                assert line[side] == pytest.approx(model(**ids).logits.item(), rel=0.02)
 
 
 @pytest.mark.parametrize("kind", ["three_labels", "no_head"])
