@@ -234,11 +234,14 @@ def test_srun_ranks_share_the_slurm_jobs_run_dir(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["lightning", "torchrun"])
 def test_two_process_ddp_fit_writes_one_run_dir(tmp_path, tiny_llama_dir, launcher):
-    data = tmp_path / "pairs.jsonl"
+    """Both launchers: one run dir, and the held-out pairs and an extra evaluation set (21 pairs: the ranks get
+    unequal shares) scored across the ranks, each in its own order, as the export scores them."""
+    data, extra = tmp_path / "pairs.jsonl", tmp_path / "extra.jsonl"
     write_topic_pairs(data, 96)
+    write_topic_pairs(extra, 21)
     args = ["model=hf", f"model.name_or_path={tiny_llama_dir}", "data=local", f"data.source={data}",
             "data.max_length=64", "data.batch_size=4", "strategy=ddp", "trainer.devices=2", "logger=csv",
-            "trainer.enable_progress_bar=false"]
+            "trainer.enable_progress_bar=false", f"eval.sets=[{{name: extra, source: {extra}}}]"]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
     if launcher == "lightning":
         command = [sys.executable, "-m", "rmlab", *args]
@@ -253,7 +256,6 @@ def test_two_process_ddp_fit_writes_one_run_dir(tmp_path, tiny_llama_dir, launch
     assert len(list(tmp_path.rglob("metrics.json"))) == 1 and len(list(tmp_path.rglob(".hydra"))) == 1
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["run"]["optimizer_steps"] > 0 and metrics["eval"]["heldout"]["pairs"] > 0
-    saved = [json.loads(line) for line in (run / "rewards" / "heldout.jsonl").read_text().splitlines()]
     from transformers import AutoModelForSequenceClassification
 
     from conftest import split_pairs
@@ -265,10 +267,13 @@ def test_two_process_ddp_fit_writes_one_run_dir(tmp_path, tiny_llama_dir, launch
     bundle = build_reward_model(str(run / "export"))
     assert isinstance(bundle.model, AutoModelForSequenceClassification._model_mapping[type(bundle.model.config)])
     _, heldout = split_pairs(load_pairs(str(data))[0], 0.15)
-    tokenized = [PairTokenizer(bundle.tokenizer, bundle.chat_template, 64)(p) for p in heldout]
-    chosen, rejected = score_pairs(bundle.model, tokenized, bundle.tokenizer.pad_token_id)
-    assert chosen == pytest.approx([r["chosen"] for r in saved], abs=1e-4)
-    assert rejected == pytest.approx([r["rejected"] for r in saved], abs=1e-4)
+    assert metrics["eval"]["extra"]["pairs"] == 21
+    for pairs, set_name in ((heldout, "heldout"), (load_pairs(str(extra))[0], "extra")):
+        saved = [json.loads(line) for line in (run / "rewards" / f"{set_name}.jsonl").read_text().splitlines()]
+        tokenized = [PairTokenizer(bundle.tokenizer, bundle.chat_template, 64)(p) for p in pairs]
+        chosen, rejected = score_pairs(bundle.model, tokenized, bundle.tokenizer.pad_token_id)
+        assert chosen == pytest.approx([r["chosen"] for r in saved], abs=1e-4), set_name
+        assert rejected == pytest.approx([r["rejected"] for r in saved], abs=1e-4), set_name
 
 
 @pytest.mark.skipif(not HAS_DEEPSPEED, reason="deepspeed extra not installed")
