@@ -120,6 +120,14 @@ def resume_checkpoint(resume: str, output_dir: Path) -> Optional[str]:
     return resume
 
 
+def release_process_group() -> None:
+    """After the fit (whose end scored every set, the last collective), each rank shuts its process group down
+    itself rather than leaving it to interpreter exit, where a gloo rank was once seen to abort (SIGABRT,
+    "terminate called without an active exception") while rank 0 was still exporting."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def build_trainer(cfg: DictConfig, logger: Any, callbacks: list, output_dir: Path) -> Any:
     """The Lightning Trainer, with the accumulation derived from ``data.global_batch_size``."""
     devices = cfg.trainer.devices
@@ -179,6 +187,7 @@ def train(cfg: DictConfig, launched_at: Optional[float] = None) -> dict[str, Any
                               instantiate(cfg.optimizer.optimizer), instantiate(cfg.optimizer.scheduler),
                               cfg.optimizer.warmup_ratio, steps, cfg.on_nonfinite)
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        release_process_group()
         if not trainer.is_global_zero:
             return {}
         if scoring.rewards is None:
