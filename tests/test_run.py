@@ -202,6 +202,23 @@ def test_train_block_holds_epoch_means_and_matches_the_wandb_summary(finished_ru
     assert round(train["train/accuracy"] * pairs) == pytest.approx(train["train/accuracy"] * pairs, abs=1e-6)
 
 
+def test_submitit_launcher_runs_each_job_as_its_own_submission(tmp_path, tiny_llama_dir):
+    """``hydra/launcher=submitit_local``: the SLURM launcher's code path (each job pickled, submitted and run in a
+    fresh process by submitit) without a cluster; both jobs finish with their own loss."""
+    data = tmp_path / "pairs.jsonl"
+    write_pairs(data)
+    sweep = tmp_path / "sweep"
+    command = [sys.executable, "-m", "rmlab", "--multirun", "hydra/launcher=submitit_local", "loss=bt,hinge",
+               "model=hf", f"model.name_or_path={tiny_llama_dir}", "data=local", f"data.source={data}",
+               "data.max_length=64", "data.batch_size=4", "logger=none", "trainer.max_steps=2",
+               "trainer.enable_progress_bar=false", f"hydra.sweep.dir={sweep}"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    losses = sorted(json.loads(path.read_text())["run"]["loss"] for path in sweep.glob("*/metrics.json"))
+    assert losses == ["bt", "hinge"] and len(list(sweep.glob(".submitit/*/*_result.pkl"))) == 2
+
+
 def test_a_failed_multirun_job_closes_its_wandb_run_as_failed(tmp_path, tiny_llama_dir):
     """Job 0 stops on a NaN after W&B started; its W&B run ends with exit code 1, and job 1 (same process)
     logs into a run of its own."""
