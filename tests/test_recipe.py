@@ -247,6 +247,18 @@ def test_table1_counts_turns_and_tokens():
 
 
 @pytest.mark.slow
+def test_token_counts_ignore_the_padding_and_truncation_a_tokenizer_json_carries(minilm_path):
+    """MiniLM's tokenizer.json pads and truncates to 128: every text counted 128 tokens."""
+    from transformers import AutoTokenizer
+
+    texts = ["a short one", "a long one " * 100]
+    expected = [len(ids) for ids in AutoTokenizer.from_pretrained(minilm_path)(texts, add_special_tokens=False)[
+        "input_ids"]]
+    assert expected[0] < 128 < expected[1]
+    for tokenizer in (minilm_path, str(Path(minilm_path) / "tokenizer.json")):
+        assert token_counter(tokenizer)[1](texts) == expected
+
+
 def test_stats_tool_end_to_end_with_a_tokenizer(tmp_path, tiny_llama_dir, tiny_tokenizer):
     first, second = mixture_files(tmp_path)
     result = run_tool("stats", tmp_path / "run", f"tool.tokenizer={tiny_llama_dir}", "tool.format=parquet",

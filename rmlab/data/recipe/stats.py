@@ -32,6 +32,8 @@ def token_counter(tokenizer: Optional[str]) -> tuple[str, TokenCount]:
         from tokenizers import Tokenizer
 
         fast = Tokenizer.from_file(str(file))
+        fast.no_padding()  # a tokenizer.json may carry a model's padding/truncation (MiniLM's: both at 128)
+        fast.no_truncation()
         return f"tokens ({tokenizer})", lambda texts: [
             len(encoding.ids) for encoding in fast.encode_batch(texts, add_special_tokens=False)]
     if not path.is_dir():
