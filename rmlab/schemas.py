@@ -111,6 +111,10 @@ class DataConfig:
         check_source(self.source, "data.source")
         check(self.source != "mixture" or bool(self.sources), "data.sources",
               "data=mixture needs a list of sources, e.g. 'data.sources=[{path: a.jsonl, cap: 5000}]'", self.sources)
+        if self.sources:
+            from rmlab.data.recipe.mixture import checked_sources
+
+            checked_sources(self.sources, self.mixture_total, "data.sources", "data.mixture_total")
         for index, entry in enumerate(self.sources or []):
             check_source(entry.get("path") if isinstance(entry, dict) else None, f"data.sources[{index}].path")
 

@@ -126,6 +126,10 @@ def test_cli_help_cfg_and_errors_are_fast_and_clear(tmp_path):
         (["eval.sets=[{name: x, source: nowhere.parquet}]"], 2, "eval.sets[x].source='nowhere.parquet' is invalid"),
         (["eval.sets=[{name: x, source: a/b, layout: chat}]"], 2, "eval.sets[x].layout='chat' is invalid"),
         (["eval.sets=[{name: x, source: a/b, sections: rewardbnch}]"], 2, "eval.sets[x].sections='rewardbnch'"),
+        (["data=mixture", "data.sources=[{path: a/b, cap: 50}, {path: c/d, weight: 0.3}]"], 2,
+         "data.sources[0].weight is missing: give every source a weight, or none"),
+        (["data=mixture", "data.sources=[{path: a/b}]", "data.mixture_total=10"], 2,
+         "data.mixture_total=10 needs weights"),
     ]:
         result = subprocess.run([sys.executable, "-X", "importtime", "-m", "rmlab", *args], cwd=tmp_path,
                                 capture_output=True, text=True, timeout=60)

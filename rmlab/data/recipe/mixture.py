@@ -110,20 +110,32 @@ def filtered_source(spec: SourceConfig, name: str, key: str, seed: int) -> Mixtu
     return source
 
 
+def checked_sources(sources: Sequence[Any], total: Optional[int], key: str = "sources",
+                    total_key: str = "total") -> list[SourceConfig]:
+    """The sources as checked SourceConfigs, before any file is read (config validation calls it too): at least
+    one, distinct names, a weight for every source or none, and weights when ``total`` is set. Errors name
+    ``key`` / ``total_key``."""
+    specs = [as_source(spec, f"{key}[{i}]") for i, spec in enumerate(sources)]
+    if not specs:
+        raise ConfigError(f"{key}=[] is invalid: list at least one source, e.g. [{{path: pairs.jsonl}}].")
+    names = [input_name(spec) for spec in specs]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"source names {names} repeat. Fix: give each source a distinct name ({key}[i].name).")
+    weighted = [spec.weight is not None for spec in specs]
+    if any(weighted) and not all(weighted):
+        raise ConfigError(f"{key}[{weighted.index(False)}].weight is missing: give every source a weight, or none.")
+    if total is not None and not all(weighted):
+        raise ConfigError(f"{total_key}={total} needs weights: set {key}[i].weight for every source, "
+                          f"or {total_key}=null.")
+    return specs
+
+
 def build_mixture(sources: Sequence[Any], seed: int, total: Optional[int] = None
                   ) -> tuple[list[MixtureSource], RowStats]:
     """Read, filter, cap and weight every source; see the module docstring."""
-    specs = [as_source(spec, f"sources[{i}]") for i, spec in enumerate(sources)]
-    if not specs:
-        raise ConfigError("sources=[] is invalid: list at least one source, e.g. [{path: pairs.jsonl}].")
+    specs = checked_sources(sources, total)
     names = [input_name(spec) for spec in specs]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"source names {names} repeat. Fix: give each source a distinct name (sources[i].name).")
     weighted = [spec.weight is not None for spec in specs]
-    if any(weighted) and not all(weighted):
-        raise ConfigError(f"sources[{weighted.index(False)}].weight is missing: give every source a weight, or none.")
-    if total is not None and not all(weighted):
-        raise ConfigError(f"total={total} needs weights: set sources[i].weight for every source, or total=null.")
     mixture = [filtered_source(spec, name, f"sources[{i}]", seed) for i, (spec, name) in enumerate(zip(specs, names))]
     if all(weighted):
         quotas = weighted_quotas([len(s.kept) for s in mixture], [s.spec.weight for s in mixture], total)
