@@ -108,6 +108,19 @@ def quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+@contextlib.contextmanager
+def loading_errors(name_or_path: str) -> Iterator[None]:
+    """A checkpoint that cannot be found or read (no such directory, an unknown or gated hub id, no network)
+    becomes a ConfigError naming ``model.name_or_path`` and the fix, instead of transformers' traceback."""
+    try:
+        yield
+    except OSError as err:
+        first_line = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise ConfigError(f"model.name_or_path={name_or_path}: cannot load it ({first_line}). Fix: check the local "
+                          "directory or hub id, your network and HF_TOKEN (gated models), or pass a local "
+                          "directory (hub ids load only with a network or from the local cache).") from err
+
+
 def build_reward_model(name_or_path: str, tokenizer: Optional[str] = None, architecture: str = "auto",
                        chat_template: Optional[str] = None, trust_remote_code: bool = False,
                        attn_implementation: Optional[str] = None, gradient_checkpointing: bool = False,
@@ -121,10 +134,11 @@ def build_reward_model(name_or_path: str, tokenizer: Optional[str] = None, archi
     ``require_head`` (scoring a trained model) refuses a checkpoint without a one-label head.
     ``arch_config`` (a config.json used by plan mode) is not needed here.
     """
-    if require_head:
-        check_reward_head(name_or_path, trust_remote_code)
-    tok = AutoTokenizer.from_pretrained(tokenizer or name_or_path, trust_remote_code=trust_remote_code)
-    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, num_labels=1)
+    with loading_errors(name_or_path):
+        if require_head:
+            check_reward_head(name_or_path, trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(tokenizer or name_or_path, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, num_labels=1)
     encoder = is_encoder_config(config, architecture)
     added_pad = ensure_distinct_pad(tok)
     tok.padding_side = "right"

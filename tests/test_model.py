@@ -271,3 +271,11 @@ def test_preset_attention_falls_back_without_flash_attn(monkeypatch, installed, 
                         None if name == "flash_attn" else real_find_spec(name, *a))
     assert resolve_attention("flash_attention_2|eager") == expected
     assert resolve_attention("sdpa") == "sdpa" and resolve_attention(None) is None
+
+
+@pytest.mark.parametrize("name_or_path", ["org/not-cached-anywhere", "/no/such/dir/model"])
+def test_a_checkpoint_that_cannot_load_is_a_config_error_naming_the_key(name_or_path):
+    from rmlab.schemas import ConfigError
+
+    with pytest.raises(ConfigError, match=f"model.name_or_path={name_or_path}: cannot load it .*Fix: check"):
+        build_reward_model(name_or_path)
