@@ -571,8 +571,8 @@ def test_sweep_goes_on_after_a_failing_job(sweep):
     failure = sweep["failure"]
     assert failure["error"] and "\n" not in failure["error"]
     assert failure["traceback"].startswith("Traceback (most recent call last)")
-    error_type = failure["error"].split(":", 1)[0]
-    assert failure["traceback"].rstrip().splitlines()[-1].startswith(error_type)
+    error_type = failure["error"].split(":", 1)[0]  # the traceback's last line qualifies it (rmlab.schemas.…)
+    assert failure["traceback"].rstrip().splitlines()[-1].split(":", 1)[0].rsplit(".", 1)[-1] == error_type
     assert str(sweep["dir"].parent / "late-model") in failure["error"]  # it names what was missing
     assert "rmlab: job failed" in first.stdout and "failed.json" in first.stdout
     assert "rmlab: job failed" in (bad / "rmlab.log").read_text()  # in the failed job's own log too
