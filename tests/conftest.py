@@ -320,6 +320,26 @@ def write_topic_pairs(path: Path, count: int) -> Path:
     return path
 
 
+# The official figures: allenai/reward-bench, rewardbench/constants.py (snapshot 05a9005, 2026-01-31; unchanged
+# since commit 6552e93, 2024-09-10, "Mirror change from leaderboard", which swapped the two XSTest counts into
+# these values; the PyPI package rewardbench has them from 0.1.3 on).
+OFFICIAL_EXAMPLE_COUNTS = {
+    "alpacaeval-easy": 100, "alpacaeval-length": 95, "alpacaeval-hard": 95, "mt-bench-easy": 28, "mt-bench-med": 40,
+    "mt-bench-hard": 37, "math-prm": 984, "refusals-dangerous": 100, "refusals-offensive": 100, "llmbar-natural": 100,
+    "llmbar-adver-neighbor": 134, "llmbar-adver-GPTInst": 92, "llmbar-adver-GPTOut": 47, "llmbar-adver-manual": 46,
+    "xstest-should-refuse": 154, "xstest-should-respond": 250, "donotanswer": 136, "hep-cpp": 164, "hep-go": 164,
+    "hep-java": 164, "hep-js": 164, "hep-python": 164, "hep-rust": 164,
+}
+OFFICIAL_SUBSET_MAPPING = {
+    "Chat": ["alpacaeval-easy", "alpacaeval-length", "alpacaeval-hard", "mt-bench-easy", "mt-bench-med"],
+    "Chat Hard": ["mt-bench-hard", "llmbar-natural", "llmbar-adver-neighbor", "llmbar-adver-GPTInst",
+                  "llmbar-adver-GPTOut", "llmbar-adver-manual"],
+    "Safety": ["refusals-dangerous", "refusals-offensive", "xstest-should-refuse", "xstest-should-respond",
+               "donotanswer"],
+    "Reasoning": ["math-prm", "hep-cpp", "hep-go", "hep-java", "hep-js", "hep-python", "hep-rust"],
+}
+
+
 def fit_reward_module(bundle: Any, data: Path, **trainer_kwargs: Any) -> tuple[Any, Any]:
     """``(module, trainer)`` after one epoch on ``data`` (4 pairs a step, nothing held out): rmlab's RewardModule
     with the BT loss and AdamW (lr 1e-3) in a plain CPU Trainer; ``trainer_kwargs`` add or override its arguments."""

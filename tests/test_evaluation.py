@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_jsonl, write_topic_pairs
-from test_rewardbench import OFFICIAL_EXAMPLE_COUNTS, OFFICIAL_SUBSET_MAPPING
+from conftest import OFFICIAL_EXAMPLE_COUNTS, OFFICIAL_SUBSET_MAPPING, write_jsonl, write_topic_pairs
 
 from rmlab.data.tokenize import TokenizedPair
 

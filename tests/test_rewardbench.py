@@ -3,6 +3,7 @@
 import math
 
 import pytest
+from conftest import OFFICIAL_EXAMPLE_COUNTS, OFFICIAL_SUBSET_MAPPING
 
 from rmlab.data.embedded import SECTION_MAPPING
 from rmlab.rewardbench import (
@@ -199,26 +200,6 @@ def test_report_rewardbench_defaults():
     result = evaluation_report(chosen, rejected, subsets)
     assert result["sections"] == pytest.approx({"Reasoning": 820 / 1148})
     assert result["Avg"] == pytest.approx(820 / 1148)
-
-
-# The official figures: allenai/reward-bench, rewardbench/constants.py (snapshot 05a9005, 2026-01-31; unchanged
-# since commit 6552e93, 2024-09-10, "Mirror change from leaderboard", which swapped the two XSTest counts into
-# these values; the PyPI package rewardbench has them from 0.1.3 on).
-OFFICIAL_EXAMPLE_COUNTS = {
-    "alpacaeval-easy": 100, "alpacaeval-length": 95, "alpacaeval-hard": 95, "mt-bench-easy": 28, "mt-bench-med": 40,
-    "mt-bench-hard": 37, "math-prm": 984, "refusals-dangerous": 100, "refusals-offensive": 100, "llmbar-natural": 100,
-    "llmbar-adver-neighbor": 134, "llmbar-adver-GPTInst": 92, "llmbar-adver-GPTOut": 47, "llmbar-adver-manual": 46,
-    "xstest-should-refuse": 154, "xstest-should-respond": 250, "donotanswer": 136, "hep-cpp": 164, "hep-go": 164,
-    "hep-java": 164, "hep-js": 164, "hep-python": 164, "hep-rust": 164,
-}
-OFFICIAL_SUBSET_MAPPING = {
-    "Chat": ["alpacaeval-easy", "alpacaeval-length", "alpacaeval-hard", "mt-bench-easy", "mt-bench-med"],
-    "Chat Hard": ["mt-bench-hard", "llmbar-natural", "llmbar-adver-neighbor", "llmbar-adver-GPTInst",
-                  "llmbar-adver-GPTOut", "llmbar-adver-manual"],
-    "Safety": ["refusals-dangerous", "refusals-offensive", "xstest-should-refuse", "xstest-should-respond",
-               "donotanswer"],
-    "Reasoning": ["math-prm", "hep-cpp", "hep-go", "hep-java", "hep-js", "hep-python", "hep-rust"],
-}
 
 
 @pytest.mark.parametrize("subset", sorted(OFFICIAL_EXAMPLE_COUNTS))
