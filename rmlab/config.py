@@ -1,7 +1,7 @@
 """Config registration (schemas from :mod:`rmlab.schemas`), custom resolvers and validation.
 
 Every group's YAML in ``conf/<group>/`` names its schema in its defaults list
-(``- /schema/<group>/<name>@_here_``), so a misspelt key or a wrong type fails
+(``- /schema_<group>_<name>@_here_``), so a misspelt key or a wrong type fails
 at composition, naming the key. Range checks live in ``__post_init__`` and run
 in :func:`validate`, before anything heavy (torch, Lightning, a model) loads.
 This module imports only the standard library, Hydra and OmegaConf.
@@ -12,12 +12,12 @@ from __future__ import annotations
 import importlib.resources
 import os
 import sys
-import time
 from typing import NoReturn
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
 
+from rmlab.launch import PeerLost, global_rank, launch_id
 from rmlab.loss_params import LOSS_SCHEMAS
 from rmlab.schemas import (STRATEGY_SCHEMAS, ConfigError, CSVLoggerConfig, DataConfig, EvalConfig,
                            ModelConfig, OptimizerGroupConfig, PathsConfig, RMLabConfig, TensorBoardLoggerConfig,
@@ -42,30 +42,11 @@ def _preset_config(name: str) -> str:
     return str(importlib.resources.files("rmlab.presets") / f"{name}.json")
 
 
-def _launch_id() -> str:
-    """One name for all ranks of a launch: the SLURM job, the torchrun rendezvous, or else the start time.
-
-    Every rank of ``srun`` / ``torchrun`` resolves the same run directory, so ranks never get their own.
-    """
-    if os.environ.get("SLURM_JOB_ID"):
-        return f"slurm-{os.environ['SLURM_JOB_ID']}"
-    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
-    if run_id != "none":
-        return f"torchrun-{run_id}"
-    return time.strftime("%Y-%m-%d_%H-%M-%S")
-
-
-def _rank() -> int:
-    """The global rank before any trainer exists: torchrun's RANK, else srun's SLURM_PROCID (not a per-node local
-    rank). The one place rmlab reads a rank from the environment; later code asks ``trainer.is_global_zero``."""
-    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
-
-
 OmegaConf.register_new_resolver(  # one directory level per sweep job, whatever the override values hold
     "rmlab.path_safe", lambda text: str(text).replace("/", "_").replace(os.sep, "_")[:150], replace=True)
-OmegaConf.register_new_resolver("rmlab.launch_id", _launch_id, use_cache=True, replace=True)
-OmegaConf.register_new_resolver("rmlab.rank_zero_only", lambda value: value if _rank() == 0 else None, replace=True)
-OmegaConf.register_new_resolver("rmlab.rank_suffix", lambda: f"_rank{_rank()}" if _rank() else "", replace=True)
+OmegaConf.register_new_resolver("rmlab.launch_id", launch_id, use_cache=True, replace=True)
+OmegaConf.register_new_resolver("rmlab.rank_zero_only", lambda value: value if global_rank() == 0 else None, replace=True)
+OmegaConf.register_new_resolver("rmlab.rank_suffix", lambda: f"_rank{global_rank()}" if global_rank() else "", replace=True)
 OmegaConf.register_new_resolver("rmlab.minilm", _minilm_path, use_cache=True, replace=True)
 OmegaConf.register_new_resolver("rmlab.preset", _preset_config, replace=True)
 def _embedded_sections() -> DictConfig:
@@ -79,7 +60,9 @@ OmegaConf.register_new_resolver("rmlab.embedded_sections", _embedded_sections, r
 
 
 def register_configs() -> None:
-    """Register the top-level schema and one schema per group option."""
+    """Register the top-level schema and one schema per group option, as root configs ``schema_<group>_<name>``
+    rather than a ``schema/`` group tree: Hydra's ``--help`` copies its whole config repository once per group it
+    lists, so schema groups would cost a third of those copies and clutter the listing."""
     cs = ConfigStore.instance()
     cs.store(name="rmlab_schema", node=RMLabConfig)
     groups: dict[str, dict[str, type]] = {
@@ -96,7 +79,7 @@ def register_configs() -> None:
     register_sweeps()
     for group, schemas in groups.items():
         for name, node in schemas.items():
-            cs.store(group=f"schema/{group}", name=name, node=node)
+            cs.store(name=f"schema_{group}_{name}", node=node)
 
 
 def register_sweeps() -> None:
@@ -126,12 +109,14 @@ def validate(cfg: DictConfig, training: bool = True) -> None:
 
 
 def exit_on_user_error(error: BaseException) -> NoReturn:
-    """Call from an ``except`` block. A config or data error (the user's to fix) ends the command with one line
-    on stderr and exit code 2 (config) or 1 (data); anything else, or ``HYDRA_FULL_ERROR=1``, re-raises."""
+    """Call from an ``except`` block. A config or data error (the user's to fix), or peers lost in a multi-process
+    fit, ends the command with one line on stderr and exit code 2 (config), 1 (data) or 3 (lost peers); anything
+    else, or ``HYDRA_FULL_ERROR=1``, re-raises."""
     from rmlab.data.formats import DataError
 
-    if not isinstance(error, (ConfigError, DataError)) or os.environ.get("HYDRA_FULL_ERROR") == "1":
+    kinds = {ConfigError: ("config error", 2), DataError: ("data error", 1), PeerLost: ("lost peers", 3)}
+    kind = next((kinds[cls] for cls in kinds if isinstance(error, cls)), None)
+    if kind is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
         raise error
-    kind = "config error" if isinstance(error, ConfigError) else "data error"
-    print(f"rmlab: {kind}: {error} (HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)
-    sys.exit(2 if isinstance(error, ConfigError) else 1)
+    print(f"rmlab: {kind[0]}: {error} (HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)
+    sys.exit(kind[1])

@@ -123,10 +123,14 @@ def print_plan(cfg: DictConfig, output_dir: Optional[Path] = None) -> dict[str, 
     stage = plan["strategy"]["zero_stage"]
     log.info(f"rmlab plan: {model['class']} from {model['name_or_path']}: {model['parameters'] / 1e9:.2f}B parameters "
           f"(largest layer {model['largest_layer_parameters'] / 1e6:.0f}M)")
+    gpus = batch["devices"] * batch["nodes"]
     log.info(f"  strategy {plan['strategy']['name']}{f' ZeRO-{stage}' if stage else ''} on {batch['nodes']} node(s) × "
-          f"{batch['devices']} device(s); {batch['pairs_per_micro_batch']} pairs per micro-batch × "
-          f"{batch['accumulation']} accumulation = {batch['pairs_per_optimizer_step']} pairs per optimizer step")
-    log.info(f"  per-GPU memory (estimate): model states {memory['model_states']:.1f} GiB + activations "
+          f"{batch['devices']} device(s) = {gpus} device(s)")
+    log.info(f"  batch: {batch['pairs_per_micro_batch']} pairs per micro-batch × {batch['devices']} devices × "
+          f"{batch['nodes']} node(s) × {batch['accumulation']} accumulation = {batch['pairs_per_optimizer_step']} "
+          "pairs per optimizer step")
+    log.info(f"  per-GPU memory (estimate, each of the {gpus} devices on {batch['nodes']} node(s)): model states "
+          f"{memory['model_states']:.1f} GiB + activations "
           f"{memory['activations']:.1f} GiB = {memory['total']:.1f} GiB; CPU for offload/init "
           f"{plan['cpu_memory_gib_per_node']:.1f} GiB per node")
     if plan["strategy"]["deepspeed_config"]:

@@ -1,7 +1,7 @@
 """Typed config schemas: one dataclass per config group, registered by :func:`rmlab.config.register_configs`.
 
 Every group's YAML in ``conf/<group>/`` names its schema in its defaults list
-(``- /schema/<group>/<name>@_here_``), so a misspelt key or a wrong type fails
+(``- /schema_<group>_<name>@_here_``), so a misspelt key or a wrong type fails
 at composition, naming the key. Range checks live in ``__post_init__`` and run
 in :func:`rmlab.config.validate`, before anything heavy (torch, Lightning, a model) loads.
 This module imports only the standard library and OmegaConf.
@@ -194,6 +194,13 @@ class StrategyConfig:
         check(self.name == "auto", "strategy.name", "auto for this schema", self.name)
 
 
+DEFAULT_TIMEOUT_S = 600  # torch's default for NCCL; Lightning's strategies would wait 30 min for a lost node
+
+
+def check_timeout(timeout_s: int) -> None:
+    check(timeout_s >= 1, "strategy.timeout_s", "must be >= 1 (seconds a collective waits for every rank)", timeout_s)
+
+
 @dataclass
 class DDPStrategyConfig:
     """``strategy=ddp``: one process per device, gradients all-reduced."""
@@ -201,9 +208,11 @@ class DDPStrategyConfig:
     name: str = "ddp"
     process_group_backend: Optional[str] = None  # null: nccl on GPU, gloo on CPU
     find_unused_parameters: bool = False
+    timeout_s: int = DEFAULT_TIMEOUT_S  # a collective waiting this long for a rank fails the run (a lost node)
 
     def __post_init__(self) -> None:
         check(self.name == "ddp", "strategy.name", "ddp for this schema", self.name)
+        check_timeout(self.timeout_s)
 
 
 @dataclass
@@ -222,9 +231,11 @@ class DeepSpeedStrategyConfig:
     stage3_param_persistence_threshold: int = 100_000
     stage3_max_live_parameters: int = 1_000_000_000
     allow_cpu: bool = False  # development and CI: DeepSpeed on CPU processes over gloo (DS_ACCELERATOR=cpu)
+    timeout_s: int = DEFAULT_TIMEOUT_S  # a collective waiting this long for a rank fails the run (a lost node)
 
     def __post_init__(self) -> None:
         check(self.name == "deepspeed", "strategy.name", "deepspeed for this schema", self.name)
+        check_timeout(self.timeout_s)
         check(self.stage in (2, 3), "strategy.stage", "2 or 3 (ZeRO stage)", self.stage)
         check(not self.offload_parameters or self.stage == 3, "strategy.offload_parameters",
                "needs strategy.stage=3 (ZeRO-2 offloads only the optimizer)", self.offload_parameters)
@@ -238,9 +249,11 @@ class FSDPStrategyConfig:
 
     name: str = "fsdp"
     sharding: str = "FULL_SHARD"  # FULL_SHARD | SHARD_GRAD_OP | HYBRID_SHARD | NO_SHARD
+    timeout_s: int = DEFAULT_TIMEOUT_S  # a collective waiting this long for a rank fails the run (a lost node)
 
     def __post_init__(self) -> None:
         check(self.name == "fsdp", "strategy.name", "fsdp for this schema", self.name)
+        check_timeout(self.timeout_s)
         check(self.sharding in ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD"), "strategy.sharding",
               "one of FULL_SHARD, SHARD_GRAD_OP, HYBRID_SHARD, NO_SHARD", self.sharding)
 
@@ -353,12 +366,16 @@ class RMLabConfig:
             except ValueError as err:
                 raise ConfigError(str(err)) from err
         if not self.plan:
+            from rmlab.launch import check_slurm_nodes
             from rmlab.strategy import check_hardware
 
             try:
                 check_hardware(self.strategy, self.trainer.accelerator)
             except ValueError as err:
                 raise ConfigError(str(err)) from err
+            mismatch = check_slurm_nodes(self.trainer.num_nodes, self.trainer.devices)
+            if mismatch:
+                raise ConfigError(mismatch)
         check(self.on_nonfinite in ("stop", "skip"), "on_nonfinite", "one of stop, skip", self.on_nonfinite)
         check(self.ckpt_every_n_steps is None or self.ckpt_every_n_steps >= 1, "ckpt_every_n_steps",
                "must be >= 1 or null", self.ckpt_every_n_steps)

@@ -11,6 +11,7 @@ config validation and plan mode stay fast; the DeepSpeed run-time pieces live in
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from typing import Any, Optional
 
 CUDA_ONLY = {"deepspeed": "DeepSpeed", "fsdp": "FSDP"}
@@ -85,24 +86,26 @@ def check_hardware(strategy: Any, accelerator: str, cuda_available: Optional[boo
 
 
 def build_strategy(strategy: Any, accelerator: str, micro_batch_size: int) -> Any:
-    """The Lightning strategy object (or the string ``auto``) for a strategy config."""
+    """The Lightning strategy object (or the string ``auto``) for a strategy config; every multi-process one gets
+    ``strategy.timeout_s`` as its process group's timeout (how long a collective waits for a lost rank)."""
+    if strategy.name == "auto":
+        return "auto"
+    timeout = timedelta(seconds=strategy.timeout_s)
     if strategy.name == "ddp":
         from lightning.pytorch.strategies import DDPStrategy
 
         return DDPStrategy(process_group_backend=strategy.process_group_backend,
-                           find_unused_parameters=strategy.find_unused_parameters)
+                           find_unused_parameters=strategy.find_unused_parameters, timeout=timeout)
     if strategy.name == "deepspeed":
         config = deepspeed_config(strategy, micro_batch_size)
         if strategy.allow_cpu and accelerator == "cpu":
             os.environ.setdefault("DS_ACCELERATOR", "cpu")  # read when deepspeed is first imported
             from rmlab.zero import CPUDeepSpeedStrategy
 
-            return CPUDeepSpeedStrategy(config=config)
+            return CPUDeepSpeedStrategy(config=config, timeout=timeout)
         from lightning.pytorch.strategies import DeepSpeedStrategy
 
-        return DeepSpeedStrategy(config=config)
-    if strategy.name == "fsdp":
-        from lightning.pytorch.strategies import FSDPStrategy
+        return DeepSpeedStrategy(config=config, timeout=timeout)
+    from lightning.pytorch.strategies import FSDPStrategy
 
-        return FSDPStrategy(sharding_strategy=strategy.sharding, state_dict_type="full")
-    return "auto"
+    return FSDPStrategy(sharding_strategy=strategy.sharding, state_dict_type="full", timeout=timeout)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -22,9 +23,11 @@ from rmlab.data.formats import RowStats, load_pairs
 from rmlab.data.tokenize import PairTokenizer
 from rmlab.evaluation import (FinalScoring, heldout_set, load_eval_sets, set_reports, table3_row, table3_set,
                               write_rewards)
+from rmlab.launch import PeerLost, die_with_torchrun_agent
 from rmlab.loggers import finish_logger, redact_secrets
 from rmlab.model import RewardModelBundle, build_reward_model, export_reward_model
 from rmlab.module import RewardModule
+from rmlab.peers import PeerWatch
 from rmlab.report import print_results
 from rmlab.schemas import ConfigError
 from rmlab.strategy import build_strategy, check_hardware, gradient_accumulation
@@ -120,6 +123,24 @@ def resume_checkpoint(resume: str, output_dir: Path) -> Optional[str]:
     return resume
 
 
+def fit(trainer: Any, module: RewardModule, datamodule: PreferenceDataModule, ckpt_path: Optional[str],
+        watch: PeerWatch) -> None:
+    """``trainer.fit``; a collective that failed because ranks stopped answering becomes :class:`PeerLost`,
+    naming them, the last checkpoint and the fix."""
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except Exception as error:
+        lost = watch.lost_peers(error)
+        if lost is None:
+            raise
+        checkpoint = getattr(trainer.checkpoint_callback, "last_model_path", "") or "none saved yet"
+        first_line = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        cause = re.sub(r"^\[[^\]]*\]\s*", "", first_line).split(". ")[0]  # gloo's "[file.cc:553] What. Hint."
+        raise PeerLost(f"{lost} at optimizer step {trainer.global_step} ({cause}); last checkpoint: {checkpoint}. "
+                       "Fix: check those nodes, then rerun the same command on every node (resume=auto continues "
+                       "from the checkpoint).") from error
+
+
 def release_process_group() -> None:
     """After the fit (whose end scored every set, the last collective), each rank shuts its process group down
     itself rather than leaving it to interpreter exit, where a gloo rank was once seen to abort (SIGABRT,
@@ -150,6 +171,7 @@ def train(cfg: DictConfig, launched_at: Optional[float] = None) -> dict[str, Any
     not trained again, and one that holds ``checkpoints/last.ckpt`` resumes from it.
     """
     launched_at = launched_at or time.time()
+    die_with_torchrun_agent()
     quiet_third_party()
     output_dir = Path(cfg.paths.output_dir)
     check_hardware(cfg.strategy, cfg.trainer.accelerator, torch.cuda.is_available())
@@ -179,14 +201,15 @@ def train(cfg: DictConfig, launched_at: Optional[float] = None) -> dict[str, Any
     try:
         timer = FirstStepTimer(launched_at)
         scoring = FinalScoring(sets_to_score, bundle.tokenizer.pad_token_id, cfg.eval.batch_size)
-        callbacks = [instantiate(callback) for callback in cfg.callbacks.values()] + [timer, scoring]
+        watch = PeerWatch()
+        callbacks = [instantiate(callback) for callback in cfg.callbacks.values()] + [timer, scoring, watch]
         trainer = build_trainer(cfg, logger, callbacks, output_dir)
         steps = datamodule.optimizer_steps(trainer.world_size, trainer.accumulate_grad_batches,
                                            cfg.trainer.max_epochs, cfg.trainer.max_steps)
         module = RewardModule(bundle.model or bundle.load_model, instantiate(cfg.loss),
                               instantiate(cfg.optimizer.optimizer), instantiate(cfg.optimizer.scheduler),
                               cfg.optimizer.warmup_ratio, steps, cfg.on_nonfinite)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        fit(trainer, module, datamodule, ckpt_path, watch)
         release_process_group()
         if not trainer.is_global_zero:
             return {}

@@ -1,7 +1,14 @@
-"""Faults that tests inject into real ``python -m rmlab`` runs (children import this module via PYTHONPATH)."""
+"""Faults that tests inject into real ``python -m rmlab`` runs (children import this module via PYTHONPATH).
+
+``python -m faults <overrides>`` is ``python -m rmlab <overrides>`` started ``$FAULTS_START_DELAY_S`` seconds late
+(a node whose worker starts slowly).
+"""
 
 from __future__ import annotations
 
+import os
+import runpy
+import time
 from dataclasses import dataclass
 
 import torch
@@ -36,3 +43,18 @@ class NaNAtThirdStep(BradleyTerryLoss):
             if _training_calls[0] == 3:
                 return loss * float("nan")
         return loss
+
+
+@dataclass(kw_only=True)
+class SlowSteps(BradleyTerryLoss):
+    """Bradley-Terry, 0.3 s slower per training micro-batch: a test can act between two checkpointed steps."""
+
+    def __call__(self, chosen_rewards, rejected_rewards, margin=None):
+        if torch.is_grad_enabled():
+            time.sleep(0.3)
+        return super().__call__(chosen_rewards, rejected_rewards, margin)
+
+
+if __name__ == "__main__":
+    time.sleep(float(os.environ.get("FAULTS_START_DELAY_S", "0")))
+    runpy.run_module("rmlab", run_name="__main__", alter_sys=True)

@@ -140,6 +140,17 @@ def test_cli_help_cfg_and_errors_are_fast_and_clear(tmp_path):
         assert not imported & {"torch", "lightning", "transformers"}, f"{args} imported a heavy module"
 
 
+@pytest.mark.slow
+def test_help_lists_only_the_groups_a_user_picks_from(tmp_path):
+    """The typed schemas are root configs, not a schema/* group tree: out of the listing, and not one more copy of
+    Hydra's config repository per schema group when --help lists the groups (what made it slow)."""
+    result = run_cli("--help", cwd=tmp_path)
+    listing = result.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    groups = [line.split(":")[0] for line in listing.splitlines()[2:] if ":" in line]
+    assert groups == ["callbacks", "data", "eval", "experiment", "logger", "loss", "model", "optimizer", "paths",
+                      "strategy", "sweeps", "tool", "trainer"]
+
+
 def test_cli_finds_configs_from_any_directory_and_user_config_dirs(tmp_path):
     extra = tmp_path / "my_conf" / "loss"
     extra.mkdir(parents=True)

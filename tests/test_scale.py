@@ -81,7 +81,8 @@ def test_lightning_deepspeed_strategy_completes_the_dict_from_the_trainer():
 
 
 def test_strategy_options_carry_only_their_own_fields():
-    assert set(compose_config("strategy=ddp").strategy) == {"name", "process_group_backend", "find_unused_parameters"}
+    assert set(compose_config("strategy=ddp").strategy) == {"name", "process_group_backend", "find_unused_parameters",
+                                                            "timeout_s"}
     assert set(compose_config().strategy) == {"name"}
     assert "stage" in compose_config("strategy=deepspeed_zero2", "trainer=gpu").strategy
     with pytest.raises(Exception, match="stage"):
@@ -156,6 +157,20 @@ def test_paper_experiments_plan_the_papers_recipe(experiment, stage, lr):
     assert plan["batch"]["pairs_per_optimizer_step"] == 128
     assert plan["strategy"]["deepspeed_config"]["zero_optimization"]["stage"] == stage
     assert cfg.optimizer.optimizer.lr == lr and cfg.trainer.precision == "bf16-mixed" and cfg.trainer.max_epochs == 2
+
+
+def test_plan_on_two_nodes_names_them_in_the_batch_and_the_memory(caplog):
+    """2 nodes × 8 GPUs: accumulation 4 for the global batch of 128, ZeRO-3 states spread over 16 GPUs."""
+    from rmlab.plan import print_plan
+
+    one, two = (compose_config("+experiment=paper_gemma2_27b", "plan=true", f"trainer.num_nodes={n}") for n in (1, 2))
+    validate(two)
+    with caplog.at_level("INFO", logger="rmlab.plan"):
+        plan = print_plan(two)
+    assert plan["batch"]["nodes"] == 2 and plan["batch"]["accumulation"] == 4
+    assert "2 pairs per micro-batch × 8 devices × 2 node(s) × 4 accumulation = 128 pairs" in caplog.text
+    assert "each of the 16 devices on 2 node(s)" in caplog.text
+    assert plan["memory_gib_per_gpu"]["model_states"] < build_plan(one)["memory_gib_per_gpu"]["model_states"]
 
 
 def test_paper_table3_sweep_composes_for_slurm():

@@ -1,6 +1,6 @@
 """Typed schemas of the data tools (``conf/tool/*.yaml``), registered in Hydra's ConfigStore.
 
-Each ``conf/tool/<option>.yaml`` names its schema (``- /schema/tool/<schema>@_here_``), so a misspelt
+Each ``conf/tool/<option>.yaml`` names its schema (``- /schema_tool_<schema>@_here_``), so a misspelt
 key or a wrong type fails at composition. Range checks run in ``__post_init__`` (from
 ``OmegaConf.to_object``), before any data is read; nested inputs are checked by the tool that holds
 them, so errors name the full key (``tool.sources[1].cap``). Imports only the standard library,
@@ -162,7 +162,7 @@ TOOL_SCHEMAS: dict[str, type[ToolConfig]] = {
 
 
 def register_tool_configs() -> None:
-    """Register one schema per tool under ``schema/tool``."""
+    """Register one schema per tool as ``schema_tool_<name>``."""
     cs = ConfigStore.instance()
     for name, node in TOOL_SCHEMAS.items():
-        cs.store(group="schema/tool", name=name, node=node)
+        cs.store(name=f"schema_tool_{name}", node=node)
