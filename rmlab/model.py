@@ -70,6 +70,15 @@ def ensure_distinct_pad(tokenizer: Any) -> bool:
     return True
 
 
+def set_dropout_probabilities(config: Any, probability: float) -> None:
+    """Every dropout probability of a transformers config (``*dropout*``, ``*pdrop*``: hidden, attention,
+    classifier, ...), of its text config too, set to ``probability``; ones left unset (None) stay unset."""
+    for part in {id(c): c for c in (config, getattr(config, "get_text_config", lambda: config)())}.values():
+        for key, value in part.to_dict().items():
+            if ("dropout" in key or "pdrop" in key) and isinstance(value, float):
+                setattr(part, key, probability)
+
+
 def resolve_attention(requested: Optional[str]) -> Optional[str]:
     """``"flash_attention_2|<fallback>"`` picks flash-attention 2 when the package is installed."""
     if requested and "|" in requested:
@@ -124,7 +133,8 @@ def loading_errors(name_or_path: str) -> Iterator[None]:
 def build_reward_model(name_or_path: str, tokenizer: Optional[str] = None, architecture: str = "auto",
                        chat_template: Optional[str] = None, trust_remote_code: bool = False,
                        attn_implementation: Optional[str] = None, gradient_checkpointing: bool = False,
-                       dropout: Optional[float] = None, dtype: str = "float32", arch_config: Optional[str] = None,
+                       dropout: Optional[float] = None, disable_dropout: bool = False, dtype: str = "float32",
+                       arch_config: Optional[str] = None,
                        lora: Optional[dict] = None, defer_model: bool = False,
                        require_head: bool = False) -> RewardModelBundle:
     """Load tokenizer and model (a fresh 1-unit head unless the checkpoint has one); fix pad token and template.
@@ -132,7 +142,9 @@ def build_reward_model(name_or_path: str, tokenizer: Optional[str] = None, archi
     ``defer_model`` leaves ``bundle.model`` None and ``bundle.load_model`` to be called later, e.g. in
     ``LightningModule.configure_model`` under ZeRO-3, so weights load straight into partitions.
     ``require_head`` (scoring a trained model) refuses a checkpoint without a one-label head.
-    ``arch_config`` (a config.json used by plan mode) is not needed here.
+    ``arch_config`` (a config.json used by plan mode) is not needed here. ``disable_dropout`` zeroes every dropout
+    probability of the config (attention dropout included) and every dropout module's ``p`` (LoRA's own dropout,
+    added later, keeps ``lora["dropout"]``); else ``dropout`` (when set) replaces the config's probabilities.
     """
     with loading_errors(name_or_path):
         if require_head:
@@ -143,11 +155,8 @@ def build_reward_model(name_or_path: str, tokenizer: Optional[str] = None, archi
     added_pad = ensure_distinct_pad(tok)
     tok.padding_side = "right"
     config.pad_token_id = None if added_pad else tok.pad_token_id  # a new pad id exists only after the resize
-    if dropout is not None:
-        for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "attention_dropout", "hidden_dropout",
-                    "dropout", "classifier_dropout"):
-            if hasattr(config, key):
-                setattr(config, key, dropout)
+    if disable_dropout or dropout is not None:
+        set_dropout_probabilities(config, 0.0 if disable_dropout else dropout)
     attention = resolve_attention(attn_implementation)
 
     kwargs = {"attn_implementation": attention} if attention else {}
@@ -156,6 +165,10 @@ def build_reward_model(name_or_path: str, tokenizer: Optional[str] = None, archi
         if len(tok) > model.get_input_embeddings().num_embeddings:  # grow for an added pad token; never shrink
             model.resize_token_embeddings(len(tok))
         model.config.pad_token_id = tok.pad_token_id
+        if disable_dropout:
+            for module in model.modules():
+                if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+                    module.p = 0.0
         model.train()  # from_pretrained returns eval mode; Lightning keeps the mode it finds
         if gradient_checkpointing and hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})

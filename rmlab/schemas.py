@@ -59,7 +59,8 @@ class ModelConfig:
     trust_remote_code: bool = False
     attn_implementation: Optional[str] = None  # eager | sdpa | flash_attention_2 | "flash_attention_2|eager" (if installed)
     gradient_checkpointing: bool = False
-    dropout: Optional[float] = None  # None keeps the checkpoint's dropout
+    disable_dropout: bool = True  # train without dropout, as TRL (disable_dropout) and OpenRLHF do; false keeps it
+    dropout: Optional[float] = None  # with disable_dropout=false: the config's dropout probabilities (None keeps them)
     dtype: str = "float32"  # weights as loaded: float32 | bfloat16 | float16
     arch_config: Optional[str] = None  # a config.json for plan mode when the checkpoint is not reachable
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -71,6 +72,9 @@ class ModelConfig:
                self.dtype)
         if self.dropout is not None:
             check(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)", self.dropout)
+            check(not self.disable_dropout or self.dropout == 0.0, "model.dropout",
+                  "dropout is off (model.disable_dropout=true); to train with dropout set model.disable_dropout=false",
+                  self.dropout)
 
 
 # --------------------------------------------------------------------------- data

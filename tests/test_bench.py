@@ -57,6 +57,7 @@ def test_bench_runs_all_sides_on_the_same_pairs_and_prints_the_table(tiny_llama_
     assert configs["rmlab"]["real_tokens"] == real_tokens < padded_tokens
     assert configs["rmlab-padded"]["packing"] == "off" and configs["rmlab-padded"]["optimizer"] == "AdamW fused"
     assert configs["rmlab-padded"]["real_fraction"] == pytest.approx(real_tokens / padded_tokens)
+    assert {c["active_dropout"] for c in configs.values()} == {0} and "dropout: active dropout layers" in result.stdout
 
 
 def test_ratios_are_paired_by_round_with_their_spread():
@@ -83,3 +84,20 @@ def test_ratios_are_paired_by_round_with_their_spread():
     assert "0.1 GFLOP/s, the best of the rounds (0.0, 0.1, 0.0)" in table
     flags = [f for f in open("/proc/cpuinfo").read().split() if f == "avx2" or f.startswith(("avx512", "amx"))]
     assert all(flag in machine_line() for flag in set(flags))
+
+
+@pytest.mark.parametrize("rmlab_pairs_per_s,warned", [(4.2, True), (6.0, False)])
+def test_a_ratio_below_the_floor_is_flagged_as_a_regression(rmlab_pairs_per_s, warned):
+    """rmlab at 1.05× TRL at its best: below the 1.1× floor, a warning line; at 1.5×, none. Dropout per side."""
+    from rmlab.bench.table import summarize
+
+    def result(pairs_per_s: float, dropout: int) -> dict:
+        return {"pairs": 10, "train_seconds": 10 / pairs_per_s, "real_tokens": 100, "processed_tokens": 100,
+                "non_embedding_parameters": 1000, "eval_seconds": 1.0, "steps": 2, "packing": "off",
+                "optimizer": "AdamW", "peak_rss_mib": 1.0, "first_step_s": 1.0, "active_dropout": dropout}
+
+    rounds = [{"gemm": {"gflops": 1.0}, "rmlab": result(rmlab_pairs_per_s, 0), "trl-best": result(4.0, 0)}]
+    table, _ = summarize(rounds, ["rmlab", "trl-best"], {"threads": 2, "data": "x.jsonl", "max_pairs": 10,
+                         "max_length": 8, "batch_size": 4, "lr": 1e-3, "tokens_per_batch": 10}, ((0.0,) * 3,) * 2)
+    assert ("WARNING: rmlab / trl-best = 1.05×, below the 1.1× floor" in table) == warned
+    assert "active dropout layers per side {'rmlab': 0, 'trl-best': 0}" in table

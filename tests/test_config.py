@@ -99,6 +99,7 @@ def test_typos_and_types_fail_at_composition(override, fragment):
     (["data.on_bad_row=ignore"], "data.on_bad_row"),
     (["threads=0"], "threads"),
     (["data=mixture"], "data.sources"),  # else the marker source "mixture" went to the hub
+    (["model.dropout=0.1"], "model.dropout"),  # dropout is off unless model.disable_dropout=false
 ])
 def test_out_of_range_values_name_the_key(overrides, key):
     cfg = compose_config(*overrides)

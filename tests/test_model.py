@@ -279,3 +279,54 @@ def test_a_checkpoint_that_cannot_load_is_a_config_error_naming_the_key(name_or_
 
     with pytest.raises(ConfigError, match=f"model.name_or_path={name_or_path}: cannot load it .*Fix: check"):
         build_reward_model(name_or_path)
+
+
+@pytest.fixture(scope="module")
+def llama_with_dropout_dir(tmp_path_factory):
+    """The tiny Llama with attention dropout 0.1 (Llama has no other dropout)."""
+    from conftest import build_tiny_llama, build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    model = build_tiny_llama(tokenizer)
+    model.config.attention_dropout = 0.1
+    directory = tmp_path_factory.mktemp("llama_dropout")
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def dropout_probabilities(model) -> list[float]:
+    """Every dropout probability the model can apply: its modules', its attention layers', its config's."""
+    modules = [m.p for m in model.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)]
+    attention = [float(getattr(m, name)) for m in model.modules() for name in ("attention_dropout", "dropout_prob")
+                 if isinstance(getattr(m, name, None), float)]
+    config = [v for k, v in model.config.to_dict().items() if ("dropout" in k or "pdrop" in k) and isinstance(v, float)]
+    assert modules or attention, "the model has no dropout to switch"
+    return modules + attention + config
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+@pytest.mark.parametrize("disable", [None, False])  # None: the composed config's default
+def test_dropout_is_off_by_default_and_on_when_asked(family, disable, request):
+    """``model.disable_dropout`` (default true, as TRL): every dropout module, attention dropout and config
+    probability is 0, and two training-mode forwards agree; false keeps MiniLM's 0.1 / the Llama's 0.1."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from rmlab.config import register_configs
+
+    path = request.getfixturevalue("minilm_path" if family == "bert" else "llama_with_dropout_dir")
+    register_configs()
+    overrides = ["model=hf", f"model.name_or_path={path}"] + ([] if disable is None else [f"model.disable_dropout={disable}"])
+    with initialize_config_module(config_module="rmlab.conf", version_base="1.3"):
+        model_cfg = OmegaConf.to_container(compose("config", overrides=overrides).model, resolve=True)
+    bundle = build_reward_model(**model_cfg)
+    probabilities = dropout_probabilities(bundle.model)
+    ids = torch.tensor([encode_all(bundle)[2]])
+    bundle.model.train()
+    with torch.no_grad():
+        first, second = (bundle.model(input_ids=ids).logits for _ in range(2))
+    if disable is None:
+        assert set(probabilities) == {0.0} and torch.equal(first, second)
+    else:
+        assert max(probabilities) == pytest.approx(0.1) and not torch.equal(first, second)

@@ -69,8 +69,8 @@ def summarize(rounds: list[dict[str, dict]], configs: list[str], spec: dict[str,
                 "eval_pairs_per_s", "first_step_s", "batch_fraction_min")
         summary["configs"][name] = {key: median([r.get(key) for r in results]) for key in keys}
         summary["configs"][name]["pairs_per_s_rounds"] = [r["pairs_per_s"] for r in results]
-        summary["configs"][name].update({key: results[0][key] for key in ("pairs", "steps", "packing", "optimizer",
-                                                                            "real_tokens")})
+        summary["configs"][name].update({key: results[0].get(key) for key in ("pairs", "steps", "packing", "optimizer",
+                                                                                "real_tokens", "active_dropout")})
     ratios: dict[str, list[float]] = {}  # per round (each config of a round ran back to back), then the median
     if "rmlab" in per_config:
         for other in ("trl-defaults", "trl-best", "rmlab-padded"):
@@ -111,5 +111,23 @@ def summarize(rounds: list[dict[str, dict]], configs: list[str], spec: dict[str,
         c = summary["configs"][name]
         lines.append(f"{name}: pairs/s per round {', '.join(fmt(v) for v in c['pairs_per_s_rounds'])}; "
                      f"{c['steps']} steps; optimizer {c['optimizer']}; packing {c['packing']}; "
-                     f"lowest batch real-token fraction {fmt(c['batch_fraction_min'], 3)}")
+                     f"lowest batch real-token fraction {fmt(c['batch_fraction_min'], 3)}; "
+                     f"active dropout layers {c['active_dropout']}")
+    lines += regression_lines(summary)
     return "\n".join(lines), summary
+
+
+REGRESSION_FLOOR = 1.1  # rmlab / TRL at its best: measured 1.19-1.26x on the Intel Xeon (AVX-512/AMX) when fp32 closed
+
+
+def regression_lines(summary: dict[str, Any]) -> list[str]:
+    """Like for like (both sides without dropout, as TRL and rmlab train by default), and a warning when rmlab falls
+    below :data:`REGRESSION_FLOOR` × TRL at its best."""
+    dropout = {name: c["active_dropout"] for name, c in summary["configs"].items() if c.get("active_dropout") is not None}
+    lines = [f"dropout: active dropout layers per side {dropout} (rmlab model.disable_dropout=true and TRL's "
+             "disable_dropout=True, both defaults: 0 means like for like)"] if dropout else []
+    best = summary["ratios"].get("rmlab / trl-best", {}).get("median")
+    if best is not None and best < REGRESSION_FLOOR:
+        lines.append(f"WARNING: rmlab / trl-best = {best:.2f}×, below the {REGRESSION_FLOOR}× floor: a throughput "
+                     "regression (or a machine unlike the ones measured: compare the GEMM peak)")
+    return lines

@@ -45,6 +45,16 @@ def benchmark_pairs(spec: dict[str, Any]) -> tuple[list, list, Any]:
     return kept, tokenized, tokenizer
 
 
+def active_dropout(model: Any) -> int:
+    """Dropout modules with p > 0, plus attention layers with a non-zero ``attention_dropout``: 0 when the model
+    trains without dropout (rmlab's ``model.disable_dropout``, TRL's ``disable_dropout``)."""
+    import torch
+
+    return sum(1 for m in model.modules() if (isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0)
+               or float(getattr(m, "attention_dropout", 0.0) or 0.0) > 0 or float(getattr(m, "dropout_prob", 0.0)
+                                                                               or 0.0) > 0)
+
+
 def non_embedding_parameters(model: Any) -> int:
     embeddings = {id(p) for m in model.modules() if isinstance(m, __import__("torch").nn.Embedding)
                   for p in m.parameters()}
@@ -151,7 +161,7 @@ def run_rmlab(spec: dict[str, Any], packing: str = "auto") -> dict[str, Any]:
     with initialize_config_module(config_module="rmlab.conf", version_base="1.3"):
         cfg = compose("config", overrides=model_override + [
             "data=local", f"data.source={spec['data']}", f"data.max_length={spec['max_length']}",
-            f"data.batch_size={spec['batch_size']}", f"optimizer.optimizer.lr={spec['lr']}", "model.dropout=0.0",
+            f"data.batch_size={spec['batch_size']}", f"optimizer.optimizer.lr={spec['lr']}",
             "logger=none", "callbacks=none", "trainer=cpu", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
             "trainer.enable_checkpointing=false",
             "export=false", "resume=never", f"paths.output_dir={output_dir}"])
@@ -210,6 +220,7 @@ def run_rmlab(spec: dict[str, Any], packing: str = "auto") -> dict[str, Any]:
             "eval_seconds": eval_seconds, "first_step_s": timer.first_step, "peak_rss_mib_before_fit": rss_before_fit,
             "peak_rss_mib_after_fit": rss_after_fit, "rss_mib_per_step": timer.rss,
             "non_embedding_parameters": non_embedding_parameters(module.model),
+            "active_dropout": active_dropout(module.model),
             "skipped_parameter_tokens": skipped_parameter_tokens(module.model, module.tokens_real, 2 * len(pairs))
             if layout is not None and layout.reward_at == "first" else 0,
             "packing": f"{layout.attention}, reward at {layout.reward_at} token" if layout else "off",
@@ -291,7 +302,7 @@ def run_trl(spec: dict[str, Any], best: bool) -> dict[str, Any]:
             "first_step_s": timer.first_step, "peak_rss_mib_before_fit": rss_before_fit,
             "peak_rss_mib_after_fit": rss_after_fit, "rss_mib_per_step": timer.rss,
             "non_embedding_parameters": non_embedding_parameters(trainer.model),
-            "packing": "off", "optimizer": args.optim, **fraction_stats(fractions)}
+            "active_dropout": active_dropout(trainer.model), "packing": "off", "optimizer": args.optim, **fraction_stats(fractions)}
 
 
 def worker(name: str, spec_path: str, result_path: str) -> None:
