@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
-from rmlab.schemas import check
+from rmlab.checks import check
 
 
 def check_number(owner: Any, name: str, lower: float, *, strict: bool = False, upper: Optional[float] = None) -> None:

@@ -10,31 +10,12 @@ This module imports only the standard library and OmegaConf.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import MISSING
 
+from rmlab.checks import ConfigError, check, check_source  # noqa: F401  (ConfigError: importers' name)
 from rmlab.data.formats import LAYOUTS
-
-
-class ConfigError(ValueError):
-    """A config value is out of range; the message names the key and the fix."""
-
-
-def check(condition: bool, key: str, rule: str, value: Any) -> None:
-    if not condition:
-        raise ConfigError(f"{key}={value!r} is invalid: {rule}. Fix it on the command line, e.g. {key}=<value>.")
-
-
-FILE_SUFFIXES = (".jsonl", ".json", ".parquet")  # rmlab.data.formats reads these itself; anything else: datasets
-
-
-def check_source(source: Any, key: str) -> None:
-    """A source that names a data file must exist (a directory or hub id is checked when it loads)."""
-    if isinstance(source, str) and source.lower().endswith(FILE_SUFFIXES):
-        check(Path(source).expanduser().is_file(), key, "no such file (relative paths start at the directory you "
-              "run from); point it at an existing .jsonl/.json/.parquet file, a dataset directory or a hub id", source)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from rmlab.data.formats import LAYOUTS, ROLES
-from rmlab.schemas import check
+from rmlab.checks import check
 
 FORMATS = ("jsonl", "parquet")
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+from rmlab.checks import FILE_SUFFIXES
 from rmlab.data.formats import BadRow, DataError, PreferencePair, RowStats, read_rows, to_pair
 from rmlab.data.recipe.config import InputConfig
 
-FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
 _GLOB_CHARS = set("*?[")
 
 

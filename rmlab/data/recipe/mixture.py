@@ -25,7 +25,7 @@ from typing import Any, Mapping, Optional, Sequence
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from rmlab.config import ConfigError
+from rmlab.checks import ConfigError
 from rmlab.data.formats import PreferencePair, RowStats
 from rmlab.data.recipe.config import FilterConfig, SourceConfig
 from rmlab.data.recipe.io import Record, input_name, load_records, skip_rows
