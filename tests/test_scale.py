@@ -174,14 +174,22 @@ def test_plan_on_two_nodes_names_them_in_the_batch_and_the_memory(caplog):
 
 
 def test_paper_table3_sweep_composes_for_slurm():
-    """The README's ``+sweeps=table3_paper hydra/launcher=submitit_slurm``: eight losses on the Gemma recipe."""
+    """The README's ``+sweeps=table3_paper hydra/launcher=slurm``: eight losses on the Gemma recipe, each job one
+    srun task per GPU (tests/test_slurm_sweep.py submits it); ``submitit_slurm`` keeps the user's own sizes."""
     from hydra import compose, initialize_config_module
 
-    with initialize_config_module(config_module="rmlab.conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["+sweeps=table3_paper", "hydra/launcher=submitit_slurm"],
-                      return_hydra_config=True)
-    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
-    assert len(cfg.hydra.sweeper.params.loss.split(",")) == 8
+    def launcher(*overrides: str):
+        with initialize_config_module(config_module="rmlab.conf", version_base="1.3"):
+            cfg = compose(config_name="config", overrides=["+sweeps=table3_paper", *overrides],
+                          return_hydra_config=True)
+        assert len(cfg.hydra.sweeper.params.loss.split(",")) == 8
+        return cfg.hydra.launcher
+
+    sized = launcher("hydra/launcher=slurm", "trainer.num_nodes=2")
+    assert sized._target_.endswith("SlurmLauncher")
+    assert (sized.nodes, sized.tasks_per_node, sized.gpus_per_node, sized.timeout_min) == (2, 8, 8, 2880)
+    own = launcher("hydra/launcher=submitit_slurm", "hydra.launcher.nodes=3", "hydra.launcher.tasks_per_node=4")
+    assert (own.nodes, own.tasks_per_node, own.gpus_per_node, own.timeout_min) == (3, 4, None, 60)
     job = compose_config("+sweeps=table3_paper")
     validate(job)
     assert job.model.name_or_path == compose_config("model=gemma2_27b").model.name_or_path
