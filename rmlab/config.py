@@ -48,6 +48,17 @@ OmegaConf.register_new_resolver("rmlab.launch_id", launch_id, use_cache=True, re
 OmegaConf.register_new_resolver("rmlab.rank_zero_only", lambda value: value if global_rank() == 0 else None, replace=True)
 OmegaConf.register_new_resolver("rmlab.rank_suffix", lambda: f"_rank{global_rank()}" if global_rank() else "", replace=True)
 OmegaConf.register_new_resolver("rmlab.minilm", _minilm_path, use_cache=True, replace=True)
+
+
+def _devices_per_node(devices: object) -> int:
+    """``trainer.devices`` as the SLURM launcher's tasks and GPUs per node (conf/hydra/launcher/slurm.yaml)."""
+    if isinstance(devices, int) and not isinstance(devices, bool) and devices >= 1:
+        return devices
+    raise ConfigError(f"trainer.devices={devices!r}: hydra/launcher=slurm sizes each job from it (one srun task per "
+                      "GPU). Fix: trainer.devices=<GPUs per node>, e.g. trainer.devices=8.")
+
+
+OmegaConf.register_new_resolver("rmlab.devices_per_node", _devices_per_node, replace=True)
 OmegaConf.register_new_resolver("rmlab.preset", _preset_config, replace=True)
 def _embedded_sections() -> DictConfig:
     """conf/data/embedded.yaml's ``section_mapping``: the embedded categories' sections, from their one home."""

@@ -188,6 +188,8 @@ def test_paper_table3_sweep_composes_for_slurm():
     sized = launcher("hydra/launcher=slurm", "trainer.num_nodes=2")
     assert sized._target_.endswith("SlurmLauncher")
     assert (sized.nodes, sized.tasks_per_node, sized.gpus_per_node, sized.timeout_min) == (2, 8, 8, 2880)
+    with pytest.raises(Exception, match=r"trainer.devices='auto': hydra/launcher=slurm .* Fix: trainer.devices="):
+        launcher("hydra/launcher=slurm", "trainer.devices=auto").tasks_per_node
     own = launcher("hydra/launcher=submitit_slurm", "hydra.launcher.nodes=3", "hydra.launcher.tasks_per_node=4")
     assert (own.nodes, own.tasks_per_node, own.gpus_per_node, own.timeout_min) == (3, 4, None, 60)
     job = compose_config("+sweeps=table3_paper")
