@@ -16,8 +16,7 @@ from lightning.pytorch.strategies import FSDPStrategy
 
 from rmlab.packing import PackingLayout, fuse_projections, pack_batch, packed_rewards, packing_support
 from rmlab.scoring import forward_rewards
-from rmlab.zero import cpu_adam, deepspeed_engine, offloads_optimizer, parameter_ndim, skipped_steps, \
-    zero3_model_loading
+from rmlab.zero import build_model, cpu_adam, deepspeed_engine, offloads_optimizer, parameter_ndim, skipped_steps
 
 LossFn = Callable[..., torch.Tensor]
 log = logging.getLogger(__name__)
@@ -132,8 +131,7 @@ class RewardModule(pl.LightningModule):
 
     def configure_model(self) -> None:
         if self.model is None:
-            with zero3_model_loading(self._trainer):
-                self.model = self.model_factory()
+            self.model = build_model(self._trainer, self.model_factory)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return forward_rewards(self.model, input_ids, attention_mask)
