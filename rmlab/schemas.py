@@ -234,10 +234,11 @@ class DeepSpeedStrategyConfig:
 
 @dataclass
 class FSDPStrategyConfig:
-    """``strategy=fsdp``: PyTorch fully sharded data parallel (CUDA only)."""
+    """``strategy=fsdp``: PyTorch fully sharded data parallel (:mod:`rmlab.fsdp`)."""
 
     name: str = "fsdp"
     sharding: str = "FULL_SHARD"  # FULL_SHARD | SHARD_GRAD_OP | HYBRID_SHARD | NO_SHARD
+    allow_cpu: bool = False  # development and CI: FSDP on CPU processes over gloo
 
     def __post_init__(self) -> None:
         check(self.name == "fsdp", "strategy.name", "fsdp for this schema", self.name)

@@ -92,9 +92,9 @@ def recompute_rotary_buffers(model: torch.nn.Module) -> int:
     return rebuilt
 
 
-def parameter_ndim(parameter: torch.nn.Parameter) -> int:
-    """Dimensions of a parameter as the model defines it (a ZeRO-3 placeholder is 1-D of shape (0,))."""
-    return len(getattr(parameter, "ds_shape", parameter.shape))
+def parameter_shape(parameter: torch.nn.Parameter) -> tuple[int, ...]:
+    """The shape of a parameter as the model defines it (a ZeRO-3 placeholder is 1-D of shape (0,))."""
+    return tuple(getattr(parameter, "ds_shape", parameter.shape))
 
 
 def offloads_optimizer(trainer: Any) -> bool:
