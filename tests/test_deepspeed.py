@@ -19,23 +19,13 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import write_topic_pairs
-from two_process_runs import (PARTITIONED, TIMEOUT_S, child_env, command, decay_line, inv_freq_reference, probes,
-                              rewards, run, tail)
+from probes import assert_fp32_rope, assert_partitioned
+from two_process_runs import PARTITIONED, TIMEOUT_S, child_env, command, decay_line, rewards, run, tail
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not __import__("importlib").util.find_spec("deepspeed"), reason="deepspeed extra")]
 STRATEGIES = {"zero2": "deepspeed_zero2", "zero3": "deepspeed_zero3", "zero3_offload": "deepspeed_zero3_offload"}
 ZERO3 = ["strategy.allow_cpu=true", PARTITIONED]
-
-
-def assert_partitioned(run_dir: Path) -> None:
-    """At the second batch (after a whole step), on both ranks: no parameter is persistent, none is held whole
-    outside a forward pass, and the first linear layer's are gathered whole inside one."""
-    for record in probes(run_dir):
-        assert all(not p["ds_persist"] and p["numel"] == 0 and p["ds_status"] == "NOT_AVAILABLE"
-                   for p in record["outside"].values()), record["outside"]
-        assert all(p["ds_status"] == "AVAILABLE" and p["numel"] == p["ds_numel"] > 0
-                   for p in record["inside"].values()), record["inside"]
 
 
 @pytest.fixture(scope="module")
@@ -176,10 +166,6 @@ def test_zero3_bf16_keeps_the_rope_inverse_frequencies_in_fp32(family, work, dat
                          "trainer.max_steps=2", "callbacks=none"), run_dir.parent)
     assert result.returncode == 0, tail(result)
     config = AutoConfig.from_pretrained(model_dir)
-    expected = inv_freq_reference(config.rope_parameters["rope_theta"], config.head_dim)
-    for record in probes(run_dir):
-        assert record["rotary"].keys() == {"model.rotary_emb.inv_freq", "model.rotary_emb.original_inv_freq"}
-        for buffer in record["rotary"].values():
-            assert buffer["dtype"] == "torch.float32" and buffer["values"] == pytest.approx(expected, rel=1e-6, abs=0)
+    assert_fp32_rope(run_dir, config.rope_parameters["rope_theta"], config.head_dim)
     assert_partitioned(run_dir)
     assert json.loads((run_dir / "deepspeed_config.json").read_text())["bf16"]["enabled"]

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import write_topic_pairs
-from two_process_runs import command, decay_line, inv_freq_reference, probes, rewards, run, tail
+from probes import assert_fp32_rope, records
+from two_process_runs import command, decay_line, rewards, run, tail
 
 from rmlab.schemas import FSDPStrategyConfig
 from rmlab.strategy import build_strategy
@@ -75,12 +76,12 @@ def test_fsdp_shards_the_parameters_and_resumes_from_its_checkpoint(runs, tiny_l
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["run"]["optimizer_steps"] == 4 and metrics["eval"]["heldout"]["pairs"] > 0
     full = {n: p.numel() for n, p in AutoModelForSequenceClassification.from_pretrained(tiny_llama_dir).named_parameters()}
-    local = [{name: view["numel"] for name, view in record["outside"].items()} for record in probes(run_dir)]
+    local = [{name: view["numel"] for name, view in record["outside"].items()} for record in records(run_dir)]
     assert [held.keys() for held in local] == [full.keys()] * 2
     for held in local:  # each rank holds its flat shard: about half of every tensor's elements, none in full
         assert sum(full.values()) // 2 - 2 <= sum(held.values()) <= sum(full.values()) // 2 + 2
         assert any(held[name] < full[name] for name in full)
-    for record in probes(run_dir):  # inside the root's forward, the first linear layer is whole on both ranks
+    for record in records(run_dir):  # inside the root's forward, the first linear layer is whole on both ranks
         assert [view["numel"] for view in record["inside"].values()] == [full["model.layers.0.self_attn.q_proj.weight"]]
 
 
@@ -134,7 +135,4 @@ def test_fsdp_bf16_mixed_keeps_the_rotary_buffers_in_fp32(work, data, tiny_llama
     result = run(command(run_dir, tiny_llama_dir, data, *FSDP, "trainer.precision=bf16-mixed", "trainer.max_steps=2",
                          "callbacks=none"), run_dir.parent)
     assert result.returncode == 0, tail(result)
-    expected = inv_freq_reference(10000.0, 8)  # the tiny Llama: rope_theta 10000, head_dim 32 / 4
-    for record in probes(run_dir):
-        for buffer in record["rotary"].values():
-            assert buffer["dtype"] == "torch.float32" and buffer["values"] == pytest.approx(expected, rel=1e-6, abs=0)
+    assert_fp32_rope(run_dir, theta=10000.0, head_dim=8)  # the tiny Llama: rope_theta 10000, head_dim 32 / 4

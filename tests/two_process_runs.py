@@ -1,5 +1,5 @@
 """Real ``python -m rmlab`` runs on 2 CPU processes (gloo), as tests/test_deepspeed.py and tests/test_fsdp.py
-start them, and what they read back (rewards, the weight-decay line, tests/probes.py's records)."""
+start them (with tests/probes.py's callback), and what they read back (rewards, the weight-decay line)."""
 
 from __future__ import annotations
 
@@ -48,13 +48,3 @@ def rewards(run_dir: Path) -> list[dict]:
 def decay_line(result: subprocess.CompletedProcess) -> str:
     return next(line.split(" - ", 1)[-1] for line in (result.stdout + result.stderr).splitlines()
                 if "weight decay 0.001 on" in line)
-
-
-def probes(run_dir: Path) -> list[dict[str, Any]]:
-    """tests/probes.py's record of each rank (rank 0, rank 1)."""
-    return [json.loads((run_dir / "probes" / f"rank{rank}.json").read_text()) for rank in (0, 1)]
-
-
-def inv_freq_reference(theta: float, head_dim: int) -> list[float]:
-    """RoPE's inverse frequencies 1 / θ^(2i/d), i = 0 .. d/2 - 1, in float64 (the paper's definition)."""
-    return [1.0 / theta ** (2 * i / head_dim) for i in range(head_dim // 2)]
