@@ -53,6 +53,8 @@ log "gpu: $(grep -m1 '^GPU ' "$OUT/env.txt" || echo none)"
 # 1. The kit, offline, into a venv over the image's packages (about 20 s). ---------------------------------------------
 if [ "$DRY" = 1 ]; then
   log "dry run: nothing installed; $PY runs everything"
+elif [ ! -d .devkit/wheels ]; then
+  log "FAIL: no .devkit here: build it first (python tests/gpu/kit.py) and carry it (carry=[\".devkit\"])"; finish 1
 else
   if python3 -m venv --without-pip --system-site-packages "$WORK/venv" >>"$OUT/install.log" 2>&1; then
     PY=$WORK/venv/bin/python   # pip comes from the image; what it installs goes into the venv

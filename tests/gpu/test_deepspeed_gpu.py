@@ -37,7 +37,7 @@ def run(tmp: Path, model_dir: Path, run_dir: Path, *extra: str) -> subprocess.Co
                "logger=none", "trainer.max_steps=4", "ckpt_every_n_steps=2", "optimizer.optimizer.lr=1e-3",
                "trainer.enable_progress_bar=false", "+callbacks.probe._target_=probes.Probe",
                f"hydra.run.dir={run_dir}", *extra]
-    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=child_env())
+    return subprocess.run(command, capture_output=True, text=True, timeout=240, env=child_env())  # 20-40 s a run
 
 
 def bf16_tolerance(rewards: list[float]) -> float:
