@@ -105,12 +105,22 @@ class FinalScoring(pl.Callback):
         strategy.teardown = score_then_teardown
 
     def score(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Every batch goes through ``trainer.strategy.predict_step`` (:meth:`rmlab.module.RewardModule.predict_step`),
+        as training batches go through its ``training_step``: inside the precision plugin's autocast, and through
+        the strategy's wrapper (the root FSDP module gathers the parameters that each rank holds a shard of)."""
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        from rmlab.fsdp import full_state_dict
         from rmlab.zero import consolidated_state_dict, zero_stage
 
-        self.rewards = score_sets(pl_module.model, self.sets(), self.pad_token_id, self.batch_size,
-                                  device=trainer.strategy.root_device)
+        strategy = trainer.strategy
+        self.rewards = {s.name: score_pairs(pl_module.model, s.pairs, self.pad_token_id, self.batch_size,
+                                            device=strategy.root_device, step=strategy.predict_step)
+                        for s in self.sets()}
         if zero_stage(trainer) == 3:
             self.consolidated_weights = consolidated_state_dict(trainer)
+        elif isinstance(strategy, FSDPStrategy):
+            self.consolidated_weights = full_state_dict(trainer)
 
 
 def set_reports(sets: Sequence[EvalSet], rewards: Rewards) -> dict[str, Any]:

@@ -14,10 +14,9 @@ import torch
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 from lightning.pytorch.strategies import FSDPStrategy
 
-from rmlab.packing import PackingLayout, fuse_projections, pack_batch, packed_rewards, packing_support
-from rmlab.scoring import forward_rewards
-from rmlab.zero import cpu_adam, deepspeed_engine, offloads_optimizer, parameter_ndim, skipped_steps, \
-    zero3_model_loading
+from rmlab.packing import PackingLayout, fuse_projections, pack_batch, packing_support
+from rmlab.scoring import batch_rewards, forward_rewards
+from rmlab.zero import build_model, cpu_adam, deepspeed_engine, offloads_optimizer, parameter_shape, skipped_steps
 
 LossFn = Callable[..., torch.Tensor]
 log = logging.getLogger(__name__)
@@ -125,18 +124,27 @@ class RewardModule(pl.LightningModule):
         self._packing_resolved = packing == "off"
         self.tokens_real = self.tokens_processed = 0
         self.fused_projections = fused_projections
+        self.parameter_shapes: dict[str, tuple[int, ...]] = {}
         self.restored_metrics: dict[str, float] = {}
         self.epoch_statistics = EpochStatistics()
         self.train_epoch_means: dict[str, float] = {}
         self._restored_epoch_sums: Optional[tuple[int, torch.Tensor]] = None
 
     def configure_model(self) -> None:
+        """Build a deferred model; note every parameter's shape before a strategy wraps the model (FSDP flattens
+        its parameters into 1-D shards, ZeRO-3 leaves (0,) placeholders: :meth:`configure_optimizers`)."""
         if self.model is None:
-            with zero3_model_loading(self._trainer):
-                self.model = self.model_factory()
+            self.model = build_model(self._trainer, self.model_factory)
+        self.parameter_shapes = {name: parameter_shape(p) for name, p in self.model.named_parameters()}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return forward_rewards(self.model, input_ids, attention_mask)
+
+    def predict_step(self, batch: dict[str, Any], layout: Optional[PackingLayout] = None) -> torch.Tensor:
+        """Rewards of one scoring batch. The final scoring calls it through ``trainer.strategy.predict_step``, so
+        it runs as training does: through the strategy's wrapper (the root FSDP module, which gathers the
+        parameters; the DeepSpeed engine) and inside the precision plugin's autocast."""
+        return batch_rewards(self.model, batch, layout)
 
     @property
     def packing_layout(self) -> Optional[PackingLayout]:
@@ -167,10 +175,7 @@ class RewardModule(pl.LightningModule):
         return batch
 
     def _shared_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
-        if "reward_index" in batch:
-            rewards = packed_rewards(self.model, batch, self.packing_layout)
-        else:
-            rewards = self(batch["input_ids"], batch["attention_mask"])
+        rewards = batch_rewards(self.model, batch, self.packing_layout)
         pairs = rewards.shape[0] // 2
         chosen, rejected = rewards[:pairs], rewards[pairs:]
         loss = self.loss_fn(chosen, rejected, margin=batch.get("margin"))
@@ -285,14 +290,16 @@ class RewardModule(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         """AdamW with weight decay on matrices only (biases, norms: none), decided by each parameter's shape
-        in the model (not a ZeRO-3 placeholder's); DeepSpeedCPUAdam when DeepSpeed offloads the optimizer."""
-        decay, no_decay = [], []
-        for parameter in self.model.parameters():
+        in the model (not a ZeRO-3 placeholder's or an FSDP shard's: :meth:`configure_model`);
+        DeepSpeedCPUAdam when DeepSpeed offloads the optimizer."""
+        decay, no_decay, size = [], [], 0
+        for name, parameter in self.model.named_parameters():
             if parameter.requires_grad:
-                (no_decay if parameter_ndim(parameter) < 2 else decay).append(parameter)
+                shape = self.parameter_shapes.get(name) or parameter_shape(parameter)
+                (no_decay if len(shape) < 2 else decay).append(parameter)
+                size += math.prod(shape) if len(shape) >= 2 else 0
         groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
         if self._trainer is None or self.trainer.is_global_zero:
-            size = sum(math.prod(getattr(p, "ds_shape", p.shape)) for p in decay)
             rate = getattr(self.optimizer_factory, "keywords", {}).get("weight_decay", "(the optimizer's default)")
             log.info(f"weight decay {rate} on {len(decay)} tensors ({size} parameters); none on {len(no_decay)} "
                      "tensors (biases, norms)")

@@ -6,16 +6,20 @@ A padded batch ``input_ids[S, L]`` (right padding, ``attention_mask`` marks the 
 repacked, on the host and before it moves to the device, into ``input_ids[1, T]``, ``T`` the
 batch's real tokens, so every linear layer runs on real tokens only (real-token fraction 1.0):
 
-* ``position_ids`` restart at 0 for every sequence; ``cu_seqlens`` ``[S + 1]`` holds the boundaries.
+* ``position_ids`` restart at 0 for every sequence; ``cu_seqlens`` ``[S + 1]`` (int32) holds the
+  boundaries, and ``segment_lengths`` the sequences' lengths as host integers, so no step waits for the
+  device to read them back.
 * Attention never crosses a boundary:
 
-  - ``flash_attention_2/3`` (decoders, GPU): transformers reads the boundaries from the restarting
-    position ids and calls the varlen kernel.
+  - ``flash_attention_2/3`` (decoders, GPU): transformers calls flash-attn's varlen kernel with the
+    boundaries rmlab passes (``cu_seq_lens_q/k``, ``max_length_q/k``).
   - ``sdpa``: the model's attention is switched to :func:`segment_attention` (registered with
-    transformers as ``rmlab_segments``), which runs ``scaled_dot_product_attention`` on each
-    sequence's slice (causal for decoders). Attention then costs ``Σ L_i²`` rather than
-    ``S · L_max²``, and there is no mask to build. Called without boundaries (padded batches:
-    validation, evaluation, export) it is transformers' own sdpa attention, unchanged.
+    transformers as ``rmlab_segments``). On CUDA in 16-bit it runs a variable-length kernel over the whole
+    row (:func:`varlen_kernel`: flash-attn's when installed, else torch's own); elsewhere (the CPU, where
+    it measured fastest) ``scaled_dot_product_attention`` on each sequence's slice (causal for decoders).
+    Either way attention costs ``Σ L_i²`` rather than ``S · L_max²``, and no mask is built
+    (:func:`segment_mask`). Called without boundaries (padded batches: validation, evaluation, export)
+    it is transformers' own sdpa attention, unchanged.
 * The reward of each sequence is read where the unpacked model reads it: decoders at their last
   token (the EOS), BERT-style encoders at their first token ([CLS]) through the pooler, dropout and
   classifier. A packed BERT runs its last layer only at each [CLS] (:func:`last_encoder_layer_at`:
@@ -36,9 +40,10 @@ so checkpoints, the optimizer and exports see no difference; only the module cla
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from transformers import AttentionInterface
@@ -52,17 +57,81 @@ SEGMENT_ATTENTION = "rmlab_segments"
 VARLEN_ATTENTION = {"flash_attention_2", "flash_attention_3"}
 
 
+VarlenKernel = Callable[..., Optional[torch.Tensor]]  # (q, k, v [T, heads, d], cu_seqlens, max_len, causal, scale, dropout)
+
+
+def _flash_attn_kernel(varlen: Callable) -> VarlenKernel:
+    def run(q, k, v, cu_seqlens, max_len, causal, scale, dropout):
+        return varlen(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len, dropout_p=dropout, softmax_scale=scale,
+                      causal=causal)
+    return run
+
+
+def _torch_varlen_kernel(varlen: Callable) -> VarlenKernel:
+    """torch's ``varlen_attn``, whose keywords changed between releases: causal is ``window_size=(-1, 0)`` or
+    ``is_causal``; grouped-query attention ``enable_gqa`` or repeated key/value heads. It has no dropout."""
+    accepts = inspect.signature(varlen).parameters
+
+    def run(q, k, v, cu_seqlens, max_len, causal, scale, dropout):
+        if dropout or (scale is not None and "scale" not in accepts and scale != q.shape[-1] ** -0.5):
+            return None
+        options: dict[str, Any] = {"scale": scale} if "scale" in accepts else {}
+        if "window_size" in accepts:
+            options["window_size"] = (-1, 0) if causal else (-1, -1)
+        else:
+            options["is_causal"] = causal
+        if k.shape[1] != q.shape[1]:
+            if "enable_gqa" in accepts:
+                options["enable_gqa"] = True
+            else:
+                k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
+        return varlen(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len, **options)
+    return run
+
+
+@functools.lru_cache(maxsize=1)
+def installed_varlen_kernel() -> tuple[Optional[VarlenKernel], str]:
+    """(kernel, name): flash-attn's ``flash_attn_varlen_func`` when installed, else torch's
+    ``torch.nn.attention.varlen.varlen_attn`` (newer torch releases), else ``(None, "")``."""
+    try:
+        from flash_attn import flash_attn_varlen_func
+    except ImportError:
+        pass
+    else:
+        return _flash_attn_kernel(flash_attn_varlen_func), "flash_attn"
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None, ""
+    return _torch_varlen_kernel(varlen_attn), "torch.nn.attention.varlen"
+
+
+def varlen_kernel(query: Any) -> Optional[VarlenKernel]:
+    """The variable-length kernel for this query: on CUDA in fp16/bf16 (what the kernels take), if one is
+    installed; None elsewhere (the per-sequence loop runs)."""
+    if query.device.type != "cuda" or query.dtype not in (torch.float16, torch.bfloat16):
+        return None
+    return installed_varlen_kernel()[0]
+
+
 def segment_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                       attention_mask: Optional[torch.Tensor], dropout: float = 0.0, scaling: Optional[float] = None,
-                      segment_bounds: Optional[Sequence[tuple[int, int]]] = None, **kwargs: Any):
-    """Attention within each packed sequence (``query [1, heads, T, head_dim]``, sequences at
-    ``segment_bounds``); transformers' sdpa attention when there are no bounds."""
-    if segment_bounds is None:
+                      segment_lengths: Optional[Sequence[int]] = None, cu_seq_lens_q: Optional[torch.Tensor] = None,
+                      **kwargs: Any):
+    """Attention within each packed sequence (``query [1, heads, T, head_dim]``, sequences of
+    ``segment_lengths`` tokens, boundaries ``cu_seq_lens_q``); transformers' sdpa attention without them."""
+    if segment_lengths is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     causal = bool(getattr(module, "is_causal", False))
+    kernel = varlen_kernel(query)
+    if kernel is not None:
+        out = kernel(*(t[0].transpose(0, 1) for t in (query, key, value)), cu_seq_lens_q, max(segment_lengths),
+                     causal, scaling, dropout)
+        if out is not None:
+            return out.unsqueeze(0), None
     grouped = query.shape[1] != key.shape[1]  # grouped-query attention
-    lengths = [end - start for start, end in segment_bounds]
+    lengths = list(segment_lengths)
     # Split along the tokens of the [1, T, heads, head_dim] layout the projections produced (split, not slices:
     # the backward of a split is one concatenation, that of each slice a full-size zero tensor). The outputs then
     # concatenate straight into the [1, T, heads, head_dim] the caller wants (no transpose + contiguous copy),
@@ -74,8 +143,15 @@ def segment_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     return torch.cat(outputs, dim=1), None
 
 
+def segment_mask(*args: Any, **kwargs: Any) -> Optional[torch.Tensor]:
+    """The mask for ``rmlab_segments``: sdpa's for padded batches; none for packed ones, which come without an
+    attention mask (:func:`segment_attention` keeps their sequences apart, so the ``T × T`` mask transformers
+    would build from the restarting position ids would go unused)."""
+    return None if kwargs.get("attention_mask") is None else sdpa_mask(*args, **kwargs)
+
+
 AttentionInterface.register(SEGMENT_ATTENTION, segment_attention)
-AttentionMaskInterface.register(SEGMENT_ATTENTION, sdpa_mask)  # padded batches get sdpa's masks
+AttentionMaskInterface.register(SEGMENT_ATTENTION, segment_mask)
 
 
 def unwrap(model: Any) -> Any:
@@ -127,17 +203,19 @@ def packing_support(model: Any) -> tuple[Optional[PackingLayout], str]:
     return PackingLayout("last", packed_attention), ""
 
 
-def pack_batch(input_ids: torch.Tensor, attention_mask: torch.Tensor, layout: PackingLayout) -> dict[str, torch.Tensor]:
+def pack_batch(input_ids: torch.Tensor, attention_mask: torch.Tensor, layout: PackingLayout) -> dict[str, Any]:
     """Repack a right-padded batch (host tensors) into one row. Keys: ``input_ids``, ``position_ids``
-    ``[1, T]``, ``cu_seqlens`` ``[S + 1]`` (sequence boundaries) and ``reward_index`` ``[S]`` (position of
-    each sequence's reward token, in the input row order)."""
+    ``[1, T]``, ``cu_seqlens`` ``[S + 1]`` (int32 sequence boundaries), ``segment_lengths`` (the sequences'
+    lengths, a tuple of host integers) and ``reward_index`` ``[S]`` (position of each sequence's reward
+    token, in the input row order)."""
     real = attention_mask.bool()
     lengths = attention_mask.sum(1)
     cu_seqlens = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
     position = torch.arange(input_ids.shape[1]).expand_as(input_ids)[real]  # 0.. within each sequence
     reward_index = cu_seqlens[1:] - 1 if layout.reward_at == "last" else cu_seqlens[:-1]
     return {"input_ids": input_ids[real].unsqueeze(0), "position_ids": position.unsqueeze(0),
-            "cu_seqlens": cu_seqlens, "reward_index": reward_index}
+            "cu_seqlens": cu_seqlens.to(torch.int32), "segment_lengths": tuple(lengths.tolist()),
+            "reward_index": reward_index}
 
 
 def last_encoder_layer_at(layer: Any, hidden: torch.Tensor, reward_index: torch.Tensor,
@@ -160,27 +238,29 @@ def last_encoder_layer_at(layer: Any, hidden: torch.Tensor, reward_index: torch.
     return layer.feed_forward_chunk(layer.attention.output(context, tokens[reward_index]))
 
 
-def packed_rewards(model: Any, batch: dict[str, torch.Tensor], layout: PackingLayout) -> torch.Tensor:
+def packed_rewards(model: Any, batch: dict[str, Any], layout: PackingLayout) -> torch.Tensor:
     """One reward per sequence of a :func:`pack_batch` batch, in the order of the padded rows.
 
     With segment attention, the model's attention implementation becomes ``rmlab_segments`` (for good:
-    a recomputing backward under gradient checkpointing must see it too; padded forwards are unchanged)."""
+    a recomputing backward under gradient checkpointing must see it too; padded forwards are unchanged).
+    The boundaries reach the attention as transformers' variable-length keywords, plus the host lengths."""
     inner = unwrap(model)
     base = inner.base_model
     input_ids, position_ids = batch["input_ids"], batch["position_ids"]
-    extra: dict[str, Any] = {}
+    longest = max(batch["segment_lengths"])
+    extra: dict[str, Any] = {"cu_seq_lens_q": batch["cu_seqlens"], "cu_seq_lens_k": batch["cu_seqlens"],
+                             "max_length_q": longest, "max_length_k": longest}
     if layout.attention == SEGMENT_ATTENTION:
         inner.config._attn_implementation = SEGMENT_ATTENTION
-        bounds = batch["cu_seqlens"].tolist()
-        extra["segment_bounds"] = list(zip(bounds[:-1], bounds[1:]))
+        extra["segment_lengths"] = batch["segment_lengths"]
     if layout.reward_at == "first":
         *layers, last = base.encoder.layer
         hidden = base.embeddings(input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids),
                                  position_ids=position_ids)
         for layer in layers:
             hidden = layer(hidden, None, **extra)
-        lengths = [end - start for start, end in extra["segment_bounds"]]
-        pooled = base.pooler(last_encoder_layer_at(last, hidden, batch["reward_index"], lengths).unsqueeze(1))
+        pooled = base.pooler(last_encoder_layer_at(last, hidden, batch["reward_index"],
+                                                   list(batch["segment_lengths"])).unsqueeze(1))
         dropout = getattr(inner, "dropout", None)
         logits = inner.classifier(dropout(pooled) if dropout is not None else pooled)
     else:

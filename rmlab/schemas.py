@@ -230,10 +230,11 @@ class DeepSpeedStrategyConfig:
 
 @dataclass
 class FSDPStrategyConfig:
-    """``strategy=fsdp``: PyTorch fully sharded data parallel (CUDA only)."""
+    """``strategy=fsdp``: PyTorch fully sharded data parallel (:mod:`rmlab.fsdp`)."""
 
     name: str = "fsdp"
     sharding: str = "FULL_SHARD"  # FULL_SHARD | SHARD_GRAD_OP | HYBRID_SHARD | NO_SHARD
+    allow_cpu: bool = False  # development and CI: FSDP on CPU processes over gloo
     timeout_s: int = DEFAULT_TIMEOUT_S  # a collective waiting this long for a rank fails the run (a lost node)
 
     def __post_init__(self) -> None:

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+import functools
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
 from rmlab.data.tokenize import TokenizedPair
-from rmlab.packing import pack_batch, packed_rewards, packing_support
+from rmlab.packing import PackingLayout, pack_batch, packed_rewards, packing_support
+
+Step = Callable[[dict[str, Any], Optional[PackingLayout]], torch.Tensor]  # (batch, layout) -> rewards
 
 
 def forward_rewards(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """One scalar reward per row: the sequence-classification logit."""
     return model(input_ids=input_ids, attention_mask=attention_mask).logits.squeeze(-1).float()
+
+
+def batch_rewards(model: Any, batch: dict[str, Any], layout: Optional[PackingLayout]) -> torch.Tensor:
+    """One reward per sequence of a padded batch (``input_ids``, ``attention_mask``) or of a packed one
+    (:func:`rmlab.packing.pack_batch`, run with its ``layout``)."""
+    if "reward_index" in batch:
+        return packed_rewards(model, batch, layout)
+    return forward_rewards(model, batch["input_ids"], batch["attention_mask"])
 
 
 MAX_BATCH_TOKENS = 4096  # padded tokens per scoring batch: long sequences come in smaller batches
@@ -46,15 +57,17 @@ def _shard_of_batches(batches: list[list[int]]) -> tuple[list[Optional[list[int]
 @torch.no_grad()
 def score_sequences(model: Any, sequences: Sequence[Sequence[int]], pad_token_id: int,
                     batch_size: int = 64, max_tokens: Optional[int] = MAX_BATCH_TOKENS,
-                    device: Optional[torch.device] = None) -> list[float]:
+                    device: Optional[torch.device] = None, step: Optional[Step] = None) -> list[float]:
     """Rewards in the input order; batches are cut from the sequences sorted by length (least padding),
     and packed into one padding-free row when the model supports it (:func:`rmlab.packing.packing_support`).
 
     Under ``torch.distributed`` every rank calls it with the same sequences and gets all the rewards: rank
     ``r`` scores batches ``r, r + W, ...`` and the results are summed across ranks. Every rank runs the same
     number of forward passes (a rank out of batches repeats its first one and discards it), since a ZeRO-3
-    model gathers its parameters in every forward."""
+    model gathers its parameters in every forward. ``step(batch, layout)`` runs one batch (default: the model's
+    own forward, :func:`batch_rewards`); the final scoring passes Lightning's ``strategy.predict_step``."""
     device = device or next(model.parameters()).device
+    step = step or functools.partial(batch_rewards, model)
     layout, _ = packing_support(model)
     was_training = model.training
     model.eval()
@@ -72,13 +85,12 @@ def score_sequences(model: Any, sequences: Sequence[Sequence[int]], pad_token_id
             ids = sequences[index]
             input_ids[row, :len(ids)] = torch.as_tensor(ids)
             attention_mask[row, :len(ids)] = 1
-        if layout is None:
-            batch_rewards = forward_rewards(model, input_ids.to(device), attention_mask.to(device))
-        else:  # one padding-free row, as in training (rmlab.packing)
-            packed = {k: v.to(device) for k, v in pack_batch(input_ids, attention_mask, layout).items()}
-            batch_rewards = packed_rewards(model, packed, layout)
+        # packed into one padding-free row, as in training (rmlab.packing), when the model can be
+        batch = pack_batch(input_ids, attention_mask, layout) if layout is not None \
+            else {"input_ids": input_ids, "attention_mask": attention_mask}
+        scored = step({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}, layout)
         if chunk is not None:
-            rewards[torch.as_tensor(indices)] = batch_rewards.double().cpu()
+            rewards[torch.as_tensor(indices)] = scored.double().cpu()
     model.train(was_training)
     if world > 1:
         total = rewards.to(device)
@@ -88,8 +100,8 @@ def score_sequences(model: Any, sequences: Sequence[Sequence[int]], pad_token_id
 
 
 def score_pairs(model: Any, pairs: Sequence[TokenizedPair], pad_token_id: int, batch_size: int = 64,
-                device: Optional[torch.device] = None) -> tuple[list[float], list[float]]:
+                device: Optional[torch.device] = None, step: Optional[Step] = None) -> tuple[list[float], list[float]]:
     """(chosen rewards, rejected rewards) for tokenized pairs (on every rank under torch.distributed)."""
     sequences = [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs]
-    rewards = score_sequences(model, sequences, pad_token_id, batch_size, device=device)
+    rewards = score_sequences(model, sequences, pad_token_id, batch_size, device=device, step=step)
     return rewards[:len(pairs)], rewards[len(pairs):]

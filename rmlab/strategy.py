@@ -68,16 +68,15 @@ def deepspeed_config(strategy: Any, micro_batch_size: int) -> dict[str, Any]:
 def check_hardware(strategy: Any, accelerator: str, cuda_available: Optional[bool] = None) -> None:
     """Refuse a CUDA-only strategy on a machine (or accelerator setting) without CUDA, saying what to use.
 
-    DeepSpeed with ``strategy.allow_cpu=true`` and ``trainer.accelerator=cpu`` is allowed (development, CI).
+    DeepSpeed or FSDP with ``strategy.allow_cpu=true`` and ``trainer.accelerator=cpu`` is allowed (development, CI).
     ``cuda_available=None`` checks only the configuration (no torch import)."""
     if strategy.name not in CUDA_ONLY:
         return
-    if strategy.name == "deepspeed" and strategy.allow_cpu and accelerator == "cpu":
+    if strategy.allow_cpu and accelerator == "cpu":
         return
     if accelerator == "cpu" or cuda_available is False:
         option = "deepspeed_*" if strategy.name == "deepspeed" else strategy.name
-        development = " (To develop DeepSpeed code on CPU processes: strategy.allow_cpu=true.)" \
-            if strategy.name == "deepspeed" else ""
+        development = f" (To develop {CUDA_ONLY[strategy.name]} code on CPU processes: strategy.allow_cpu=true.)"
         raise ValueError(
             f"strategy={option}: {CUDA_ONLY[strategy.name]} needs CUDA GPUs, and "
             f"{'trainer.accelerator=cpu' if accelerator == 'cpu' else 'this machine has none'}. "
@@ -106,6 +105,7 @@ def build_strategy(strategy: Any, accelerator: str, micro_batch_size: int) -> An
         from lightning.pytorch.strategies import DeepSpeedStrategy
 
         return DeepSpeedStrategy(config=config, timeout=timeout)
-    from lightning.pytorch.strategies import FSDPStrategy
+    from rmlab.fsdp import CPUFSDPStrategy, FSDPStrategy
 
-    return FSDPStrategy(sharding_strategy=strategy.sharding, state_dict_type="full", timeout=timeout)
+    fsdp = CPUFSDPStrategy if strategy.allow_cpu and accelerator == "cpu" else FSDPStrategy
+    return fsdp(sharding_strategy=strategy.sharding, state_dict_type="full", timeout=timeout)

@@ -4,20 +4,23 @@ partitions, the optimizer under offload, and reading back what ZeRO partitions.
 * :class:`CPUDeepSpeedStrategy` is Lightning's ``DeepSpeedStrategy`` on CPU processes (``DS_ACCELERATOR=cpu``,
   gloo), chosen by ``strategy.allow_cpu=true`` with ``trainer.accelerator=cpu``. It lifts only Lightning's
   CUDA check and gives the CPU devices indices (``cpu:0``, ``cpu:1``), which DeepSpeed's engine needs.
-* :func:`zero3_model_loading`: under ZeRO-3, transformers' ``HfDeepSpeedConfig`` is alive while the model
-  is built (``configure_model``), so ``from_pretrained`` loads weights straight into partitions; it is
-  dropped afterwards, so a plain model built later (the export) is not partitioned by a one-rank ``zero.Init``.
+* :func:`build_model`: under ZeRO-3, transformers' ``HfDeepSpeedConfig`` is alive while the model is built
+  (``configure_model``), so ``from_pretrained`` loads weights straight into partitions; it is dropped
+  afterwards, so a plain model built later (the export) is not partitioned by a one-rank ``zero.Init``.
+  The build runs inside Lightning's ``zero.Init``, which casts every floating tensor a constructor makes to
+  the run's 16-bit dtype (``torch.arange`` included): the rotary embeddings' ``inv_freq`` would be computed
+  in bf16 (Gemma-2-27B's angles off by about 5 rad at position 2047). :func:`recompute_rotary_buffers`
+  computes them again in fp32, with DeepSpeed's constructor patches lifted.
 * :func:`consolidated_state_dict`: the full 16-bit state dict of a ZeRO-3 engine, gathered layer by layer
   into rank 0's CPU memory (every rank must call it).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import lightning.pytorch as pl
 import torch
@@ -48,26 +51,50 @@ def zero_stage(trainer: Any) -> Optional[int]:
     return (strategy.config or {}).get("zero_optimization", {}).get("stage")
 
 
-@contextlib.contextmanager
-def zero3_model_loading(trainer: Any) -> Iterator[None]:
-    """While open (ZeRO-3 only), transformers builds and loads models into ZeRO-3 partitions."""
+def build_model(trainer: Any, factory: Callable[[], Any]) -> Any:
+    """``factory()``; under ZeRO-3 built into partitions, with fp32 rotary buffers (see the module docstring)."""
     if zero_stage(trainer) != 3:
-        yield
-        return
+        return factory()
+    from deepspeed.runtime.zero.partition_parameters import restore_init_context, shutdown_init_context
     from transformers.integrations import HfDeepSpeedConfig
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
     hf_config = HfDeepSpeedConfig(trainer.strategy.config)  # transformers keeps only a weak reference
     try:
-        yield
+        model = factory()
     finally:
         unset_hf_deepspeed_config()
         del hf_config
+    shutdown_init_context()  # DeepSpeed's own pause of zero.Init's patches (it uses it to build its engine)
+    try:
+        recompute_rotary_buffers(model)
+    finally:
+        restore_init_context()
+    return model
 
 
-def parameter_ndim(parameter: torch.nn.Parameter) -> int:
-    """Dimensions of a parameter as the model defines it (a ZeRO-3 placeholder is 1-D of shape (0,))."""
-    return len(getattr(parameter, "ds_shape", parameter.shape))
+def recompute_rotary_buffers(model: torch.nn.Module) -> int:
+    """Rebuild every rotary embedding's ``*inv_freq`` buffers (and ``attention_scaling``) in fp32, by building
+    its module again from its config: the same code, and so the same RoPE variant (default, llama3, yarn, per
+    layer type, ...), as transformers ran. Returns how many modules were rebuilt."""
+    rebuilt = 0
+    for module in model.modules():
+        stale = {name: buffer for name, buffer in module.named_buffers(recurse=False) if name.endswith("inv_freq")}
+        if not stale or getattr(module, "config", None) is None:
+            continue
+        fresh = type(module)(module.config)
+        for name, buffer in fresh.named_buffers(recurse=False):
+            if name in stale:
+                setattr(module, name, buffer.to(device=stale[name].device, dtype=torch.float32))
+        if hasattr(fresh, "attention_scaling"):
+            module.attention_scaling = fresh.attention_scaling
+        rebuilt += 1
+    return rebuilt
+
+
+def parameter_shape(parameter: torch.nn.Parameter) -> tuple[int, ...]:
+    """The shape of a parameter as the model defines it (a ZeRO-3 placeholder is 1-D of shape (0,))."""
+    return tuple(getattr(parameter, "ds_shape", parameter.shape))
 
 
 def offloads_optimizer(trainer: Any) -> bool:

@@ -190,6 +190,20 @@ def build_tiny_llama(tokenizer, seed: int = 0, extra_rows: int = 0):
     return model.eval()
 
 
+def build_tiny_gemma2(tokenizer, seed: int = 0):
+    """A random 2-layer Gemma-2 reward model with its soft-capping and a 16-token sliding window (eager attention)."""
+    import torch
+    from transformers import Gemma2Config, Gemma2ForSequenceClassification
+
+    config = Gemma2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16,
+                          sliding_window=16, max_position_embeddings=512, num_labels=1, attn_implementation="eager",
+                          pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                          eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(seed)
+    return Gemma2ForSequenceClassification(config).eval()
+
+
 def _save_tiny(directory: Path, **tokenizer_kwargs) -> Path:
     tokenizer = build_tiny_tokenizer(**tokenizer_kwargs)
     model = build_tiny_llama(tokenizer)
@@ -204,6 +218,16 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
     """Directory with a tiny random Llama reward model + BPE tokenizer (bos <s>, eos </s>, pad <pad>,
     unk <unk>) and a chat template that ends with "</s>\\n" (not with the EOS)."""
     return _save_tiny(tmp_path_factory.mktemp("tiny_llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma2_dir(tmp_path_factory) -> Path:
+    """Directory with a tiny random Gemma-2 reward model (build_tiny_gemma2) and a tokenizer of Gemma-2's family."""
+    directory = tmp_path_factory.mktemp("tiny_gemma2")
+    tokenizer = build_family_tokenizer("gemma2")
+    build_tiny_gemma2(tokenizer).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
 
 
 @pytest.fixture(scope="session")

@@ -13,55 +13,19 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 from conftest import write_topic_pairs
+from probes import assert_fp32_rope, assert_partitioned
+from two_process_runs import PARTITIONED, TIMEOUT_S, child_env, command, decay_line, rewards, run, tail
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not __import__("importlib").util.find_spec("deepspeed"), reason="deepspeed extra")]
-TESTS_DIR = Path(__file__).resolve().parent
-TIMEOUT_S = 600
 STRATEGIES = {"zero2": "deepspeed_zero2", "zero3": "deepspeed_zero3", "zero3_offload": "deepspeed_zero3_offload"}
-
-
-def command(run_dir: Path, model_dir: Path, data: Path, *extra: str) -> list[str]:
-    """96 pairs, 2 processes × 4 pairs × accumulation 2 = 16 pairs per step, 4 steps, a checkpoint every 2."""
-    return [sys.executable, "-m", "rmlab", "model=hf", f"model.name_or_path={model_dir}", "data=local",
-            f"data.source={data}", "data.max_length=64", "data.batch_size=4", "data.global_batch_size=16",
-            "trainer.devices=2", "trainer.max_steps=4", "ckpt_every_n_steps=2", "logger=none",
-            "trainer.enable_progress_bar=false", "optimizer.optimizer.lr=1e-3", "optimizer.optimizer.weight_decay=1e-3",
-            f"hydra.run.dir={run_dir}", *extra]
-
-
-def child_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "DS_ACCELERATOR")}
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(
-        [str(TESTS_DIR), env.get("PYTHONPATH", "")]))
-    return env
-
-
-def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    cwd.mkdir(parents=True, exist_ok=True)
-    return subprocess.run(args, cwd=cwd, env=child_env(), capture_output=True, text=True, timeout=TIMEOUT_S,
-                          stdin=subprocess.DEVNULL)
-
-
-def tail(result: Any) -> str:
-    return f"rc={result.returncode}\n--- stdout\n{result.stdout[-3000:]}\n--- stderr\n{result.stderr[-4000:]}"
-
-
-def rewards(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "rewards" / "heldout.jsonl").read_text().splitlines()]
-
-
-def decay_line(result: subprocess.CompletedProcess) -> str:
-    return next(line.split(" - ", 1)[-1] for line in (result.stdout + result.stderr).splitlines()
-                if "weight decay 0.001 on" in line)
+ZERO3 = ["strategy.allow_cpu=true", PARTITIONED]
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +44,8 @@ def runs(work, data, tiny_llama_dir) -> dict[str, tuple[Path, subprocess.Complet
     results = {}
     for name, option in {"ddp": "ddp", **STRATEGIES}.items():
         run_dir = work / name / "run"
-        extra = [f"strategy={option}"] + (["strategy.allow_cpu=true"] if option.startswith("deepspeed") else [])
+        extra = [f"strategy={option}"] + (["strategy.allow_cpu=true"] if option.startswith("deepspeed") else []) \
+            + ([PARTITIONED] if name.startswith("zero3") else [])
         results[name] = (run_dir, run(command(run_dir, tiny_llama_dir, data, *extra), run_dir.parent))
     return results
 
@@ -97,6 +62,9 @@ def test_deepspeed_trains_evaluates_and_exports(name, runs):
     assert config["zero_optimization"]["stage"] == (2 if name == "zero2" else 3)
     assert ("offload_optimizer" in config["zero_optimization"]) == (name == "zero3_offload")
     assert len(list(run_dir.rglob("metrics.json"))) == 1 and not list(run_dir.glob("*rank1*.json"))
+    if name.startswith("zero3"):
+        assert config["zero_optimization"]["stage3_param_persistence_threshold"] == 0
+        assert_partitioned(run_dir)
 
 
 @pytest.mark.parametrize("name", list(STRATEGIES))
@@ -146,7 +114,7 @@ def test_zero3_killed_after_a_checkpoint_resumes_to_the_same_metrics(work, data,
     reference_dir, reference = runs["zero3"]
     assert reference.returncode == 0, tail(reference)
     run_dir = work / "zero3_killed" / "run"
-    args = command(run_dir, tiny_llama_dir, data, "strategy=deepspeed_zero3", "strategy.allow_cpu=true")
+    args = command(run_dir, tiny_llama_dir, data, "strategy=deepspeed_zero3", *ZERO3)
     run_dir.parent.mkdir(parents=True)
     with open(run_dir.parent / "killed.log", "w") as log:
         process = subprocess.Popen(args, cwd=run_dir.parent, env=child_env(), stdout=log, stderr=subprocess.STDOUT,
@@ -157,6 +125,7 @@ def test_zero3_killed_after_a_checkpoint_resumes_to_the_same_metrics(work, data,
         os.killpg(process.pid, signal.SIGKILL)  # both ranks
         process.wait(timeout=60)
     assert last.is_dir() and not (run_dir / "metrics.json").exists(), (run_dir.parent / "killed.log").read_text()[-3000:]
+    assert_partitioned(run_dir)  # written by the killed run (at its second batch, before the checkpoint)
     resumed = run(args, run_dir.parent)
     assert resumed.returncode == 0, tail(resumed)
     assert f"resuming from {last}" in resumed.stdout + resumed.stderr
@@ -170,7 +139,8 @@ def test_nan_on_one_rank_stops_or_skips_on_every_rank(option, on_nonfinite, work
     """The loss is NaN on rank 1 only, at the second optimizer step (tests/faults.py): the engine's gradient
     norm is reduced over both ranks, so both agree to stop, or to skip that update and count it."""
     run_dir = work / f"nan_{option}_{on_nonfinite}" / "run"
-    result = run(command(run_dir, tiny_llama_dir, data, f"strategy={option}", "strategy.allow_cpu=true",
+    partitioned = [PARTITIONED] if option.endswith("zero3") else []
+    result = run(command(run_dir, tiny_llama_dir, data, f"strategy={option}", "strategy.allow_cpu=true", *partitioned,
                          "loss._target_=faults.NaNOnRankOne", f"on_nonfinite={on_nonfinite}"), run_dir.parent)
     if on_nonfinite == "stop":
         assert result.returncode != 0 and not (run_dir / "metrics.json").exists(), tail(result)
@@ -180,3 +150,22 @@ def test_nan_on_one_rank_stops_or_skips_on_every_rank(option, on_nonfinite, work
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["run"]["skipped_nonfinite_steps"] == 1 and metrics["run"]["optimizer_steps"] == 4
     assert all(torch.isfinite(torch.tensor([r["chosen"], r["rejected"]])).all() for r in rewards(run_dir))
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_zero3_bf16_keeps_the_rope_inverse_frequencies_in_fp32(family, work, data, tiny_llama_dir, tiny_gemma2_dir):
+    """Under ZeRO-3 the model is built inside DeepSpeed's ``zero.Init``, which casts every floating tensor a
+    constructor makes to the run's dtype (``torch.arange`` included): with ``trainer.precision=bf16-mixed``,
+    transformers computed RoPE's ``inv_freq`` in bf16 (Gemma-2-27B's angles off by about 5.5 rad at position 2047).
+    On both ranks, after a step, the buffers are fp32 and equal 1/θ^(2i/d) computed here in float64."""
+    from transformers import AutoConfig
+
+    model_dir = {"llama": tiny_llama_dir, "gemma2": tiny_gemma2_dir}[family]
+    run_dir = work / f"bf16_{family}" / "run"
+    result = run(command(run_dir, model_dir, data, "strategy=deepspeed_zero3", *ZERO3, "trainer.precision=bf16-mixed",
+                         "trainer.max_steps=2", "callbacks=none"), run_dir.parent)
+    assert result.returncode == 0, tail(result)
+    config = AutoConfig.from_pretrained(model_dir)
+    assert_fp32_rope(run_dir, config.rope_parameters["rope_theta"], config.head_dim)
+    assert_partitioned(run_dir)
+    assert json.loads((run_dir / "deepspeed_config.json").read_text())["bf16"]["enabled"]

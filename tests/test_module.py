@@ -124,8 +124,8 @@ def test_no_fused_optimizer_when_fp16_scales_the_loss(tiny_llama_dir, scaler, fu
 
 def test_fsdp_clips_by_norm_through_its_root_module(tiny_llama_dir):
     """Lightning's FSDP plugin refuses to clip by norm (it cannot reach the root FSDP module): the default
-    ``trainer.gradient_clip_val=1.0`` stopped every ``strategy=fsdp`` run at its first step. FSDP itself needs CUDA
-    (tests/gpu runs a fit), so the root module here only records the call."""
+    ``trainer.gradient_clip_val=1.0`` stopped every ``strategy=fsdp`` run at its first step. Here the root module
+    only records the call; tests/test_fsdp.py clips for real (2 CPU processes, equal to DDP's clipped run)."""
     from lightning.pytorch.plugins.precision import FSDPPrecision
     from lightning.pytorch.strategies import FSDPStrategy
 

@@ -75,7 +75,8 @@ def test_pack_batch_layout(reward_at):
     packed = pack_batch(ids, mask, PackingLayout(reward_at, SEGMENT_ATTENTION))
     assert packed["input_ids"].tolist() == [[11, 12, 13, 21, 31, 32, 41, 42, 43, 44]]  # no padding at all
     assert packed["position_ids"].tolist() == [[0, 1, 2, 0, 0, 1, 0, 1, 2, 3]]
-    assert packed["cu_seqlens"].tolist() == [0, 3, 4, 6, 10]
+    assert packed["cu_seqlens"].tolist() == [0, 3, 4, 6, 10] and packed["cu_seqlens"].dtype == torch.int32
+    assert packed["segment_lengths"] == (3, 1, 2, 4) and all(type(n) is int for n in packed["segment_lengths"])
     expected = [13, 21, 32, 44] if reward_at == "last" else [11, 21, 31, 41]  # in the padded row order
     assert packed["input_ids"][0, packed["reward_index"]].tolist() == expected
 
@@ -88,7 +89,7 @@ def test_segment_attention_equals_attention_per_sequence(causal):
     query, key, value = (torch.randn(1, 2, 9, 4, generator=generator, dtype=torch.float64) for _ in range(3))
     module = torch.nn.Module()
     module.is_causal = causal
-    out, _ = segment_attention(module, query, key, value, None, scaling=0.5, segment_bounds=bounds)
+    out, _ = segment_attention(module, query, key, value, None, scaling=0.5, segment_lengths=(3, 1, 5))
     assert out.shape == (1, 9, 2, 4)
     for start, end in bounds:
         q, k, v = (t[0, :, start:end] for t in (query, key, value))
@@ -114,7 +115,7 @@ def test_packed_rewards_equal_padded_decoder(llama_bundles):
         padded = forward_rewards(model, batch["input_ids"], batch["attention_mask"])
         packed_out = packed_rewards(model, packed, layout)
         # control: one segment for the whole row attends across sequences
-        crossed = dict(packed, cu_seqlens=packed["cu_seqlens"][[0, -1]])
+        crossed = dict(packed, cu_seqlens=packed["cu_seqlens"][[0, -1]], segment_lengths=(packed["input_ids"].shape[1],))
         crossed_out = packed_rewards(model, crossed, layout)
         padded_after = forward_rewards(model, batch["input_ids"], batch["attention_mask"])
     torch.testing.assert_close(packed_out, padded, atol=1e-5, rtol=0)

@@ -90,7 +90,7 @@ def test_strategy_options_carry_only_their_own_fields():
 
 
 def test_ddp_auto_and_fsdp_strategies_build():
-    """FSDP itself needs CUDA (torch refuses CPU-only FSDP; tests/gpu runs a fit): here, the strategy it builds."""
+    """Here, the strategies rmlab builds (FSDP trains on CPU processes in tests/test_fsdp.py)."""
     from torch.distributed.fsdp import ShardingStrategy
 
     assert build_strategy(compose_config().strategy, "cpu", 8) == "auto"
