@@ -20,9 +20,9 @@ from typing import Optional
 
 import pytest
 from conftest import write_topic_pairs
+from two_process_runs import child_env, rewards
 
 pytestmark = pytest.mark.slow
-TESTS_DIR = Path(__file__).resolve().parent
 TIMEOUT_S = 300
 HAS_DEEPSPEED = __import__("importlib").util.find_spec("deepspeed") is not None
 
@@ -31,14 +31,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "TORCHELASTIC_")) and k not in
-           ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "DS_ACCELERATOR")}
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join([str(TESTS_DIR), env.get("PYTHONPATH", "")]), **extra)
-    return env
 
 
 def job_args(model_dir: Path, data: Path, strategy: str, *extra: str) -> list[str]:
@@ -130,10 +122,6 @@ def only_run_dir(cwd: Path) -> Path:
     runs = sorted((cwd / "outputs" / "runs").iterdir())
     assert len(runs) == 1, f"the launch split into {runs}"
     return runs[0]
-
-
-def rewards(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "rewards" / "heldout.jsonl").read_text().splitlines()]
 
 
 def assert_like_one_node(run_dir: Path, reference: Path) -> None:

@@ -24,10 +24,12 @@ def command(run_dir: Path, model_dir: Path, data: Path, *extra: str) -> list[str
             "+callbacks.probe._target_=probes.Probe", f"hydra.run.dir={run_dir}", *extra]
 
 
-def child_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "DS_ACCELERATOR")}
+def child_env(**extra: str) -> dict[str, str]:
+    """This environment without any launcher's variables (torchrun's, srun's, a rank's), plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "TORCHELASTIC_")) and k not in
+           ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "DS_ACCELERATOR")}
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(
-        [str(TESTS_DIR), env.get("PYTHONPATH", "")]))
+        [str(TESTS_DIR), env.get("PYTHONPATH", "")]), **extra)
     return env
 
 
