@@ -363,9 +363,6 @@ def test_resume_auto_skips_a_dangling_last_link(tmp_path):
 def test_resume_loads_checkpoints_with_weights_only(resume_variants):
     """``trainer.fit(..., weights_only=True)``: a checkpoint that carries a pickled call is refused, and the call
     never runs (the SIGKILL tests show that rmlab's own checkpoints do load that way)."""
-    import rmlab.train
-
-    assert "weights_only=True" in inspect.getsource(rmlab.train.train)
     result, marker = resume_variants["results"]["evil"], resume_variants["marker"]
     assert result.returncode != 0, result.tail()
     assert "Weights only load failed" in result.stderr or "weights_only" in result.stderr, result.tail()
