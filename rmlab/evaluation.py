@@ -18,6 +18,7 @@ set marked ``sections: rewardbench``, else from the held-out pairs.
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -53,13 +54,31 @@ def load_eval_sets(set_configs: Sequence[Any], pair_tokenizer: PairTokenizer) ->
     """Read and tokenize every ``eval.sets`` entry (pairs too long are truncated, never dropped)."""
     sets = []
     for config in set_configs:
-        pairs, stats = load_pairs(config.source, layout=config.layout, split=config.split,
-                                  subset_name=config.subset_name, max_rows=config.max_rows,
-                                  subset_key=config.subset_key)
+        stats, pairs = RowStats(), []
+        for source in [config.source] if isinstance(config.source, str) else config.source:
+            pairs += load_pairs(source, layout=config.layout, split=config.split, subset_name=config.subset_name,
+                                max_rows=config.max_rows, subset_key=config.subset_key, stats=stats)[0]
+        if config.per_subset is not None:
+            pairs = sample_per_subset(pairs, config.per_subset, config.sample_seed, stats)
         tokenized = tokenize_pairs(pairs, pair_tokenizer, stats, truncate_responses=True)
         sets.append(EvalSet(config.name, tokenized, rewardbench=config.sections == "rewardbench",
                             data=stats.as_dict()))
     return sets
+
+
+def sample_per_subset(pairs: list, per_subset: int, seed: int, stats: RowStats) -> list:
+    """At most ``per_subset`` pairs of each subset, a sample seeded by ``seed`` and the subset's name, in the
+    set's order; the rest are counted as skipped."""
+    by_subset: dict[str, list[int]] = {}
+    for index, pair in enumerate(pairs):
+        by_subset.setdefault(pair.subset, []).append(index)
+    kept = set()
+    for subset, indices in by_subset.items():
+        kept.update(random.Random(f"{seed}:{subset}").sample(indices, per_subset) if len(indices) > per_subset
+                    else indices)
+    if len(kept) < len(pairs):
+        stats.skip(f"beyond the per-subset sample (per_subset={per_subset})", len(pairs) - len(kept))
+    return [pair for index, pair in enumerate(pairs) if index in kept]
 
 
 def heldout_set(pairs: list[TokenizedPair], section_mapping: Optional[dict[str, list[str]]],

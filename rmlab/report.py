@@ -28,7 +28,8 @@ from rich.table import Table
 
 from rmlab.rewardbench import SECTIONS
 from rmlab.significance import (COLUMNS, CSV_HEADER, DEFAULT_SAMPLES, DEFAULT_SEED, DIFFERENCE_HEADER, Comparison,
-                                PairData, compare_rows, difference_note, difference_rows, load_pair_data)
+                                PairData, compare_rows, difference_note, difference_rows, load_pair_data,
+                                resolution_note)
 
 
 def print_results(metrics: dict[str, Any], output_dir: Path | str) -> None:
@@ -294,7 +295,9 @@ def _markdown(report: Report) -> str:
     note = difference_note(report.baseline, *report.bootstrap)
     lines += table(RESULT_HEADER, _result_rows(report))
     lines += ["", f"## Paired differences vs {report.baseline}", "", note, ""]
-    lines += table(DIFFERENCE_HEADER, difference_rows(report.compared)) + ["", "## Jobs", ""]
+    lines += table(DIFFERENCE_HEADER, difference_rows(report.compared))
+    lines += ["", resolution, ""] if (resolution := resolution_note(report.compared)) else [""]
+    lines += ["## Jobs", ""]
     lines += [f"- `{job.name}`: {job.status}: {job.detail}" for job in report.problems] \
         or [f"All {len(report.jobs)} jobs finished."]
     lines += ["", f"## {PAPER_TITLE}", ""] + table(PAPER_HEADER, _paper_rows())
@@ -349,6 +352,8 @@ def print_report(report: Report, console: Optional[Console] = None) -> None:
     console.print(_rich_table(f"Paired differences vs {report.baseline} (pp) — "
                               f"{difference_note(report.baseline, *report.bootstrap)}", DIFFERENCE_HEADER,
                               difference_rows(report.compared)))
+    if resolution := resolution_note(report.compared):
+        console.print(resolution)
     console.print(_rich_table(PAPER_TITLE, PAPER_HEADER, _paper_rows()))
 
 

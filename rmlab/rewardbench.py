@@ -13,6 +13,15 @@ Reimplements the official RewardBench (allenai/reward-bench) scoring rules:
   public leaderboard additionally mixed in "Prior Sets" at half weight, which
   is not part of the ``filtered`` split and is not modelled here).
 
+**Missing subsets** (a benchmark rebuilt from public sources lacks some, e.g. math-prm): a section is the
+weighted mean of the subsets present, with RewardBench's own weights, so a present subset weighs what it
+weighs in the full benchmark relative to the others present (with all of math-prm's 984 missing, Reasoning is
+the mean of the hep-* subsets). A section with no subset present is left out, and Avg is the mean of the
+sections present. Nothing is renormalized silently: the report lists the subsets each section used
+(``section_mapping``), their weights (``subset_weights``), the subsets it lacked (``missing_subsets``) and the
+sections left out (``missing_sections``). Such a score is comparable between runs on the same files, not
+with RewardBench's leaderboard.
+
 Differences by design: sections without any present subset are omitted rather
 than reported as 0, and subsets unknown to ``example_counts`` can be weighted
 by caller-supplied observed row counts (for rmlab's own or user data).
@@ -180,4 +189,8 @@ def evaluation_report(
                                      for section, members in subset_mapping.items() if section in sections}
         report["subset_weights"] = {name: example_counts.get(name, counts[name])
                                     for members in report["section_mapping"].values() for name in members}
+        missing = {section: [name for name in members if name not in accuracy]
+                   for section, members in subset_mapping.items()}
+        report["missing_subsets"] = {section: names for section, names in missing.items() if names}
+        report["missing_sections"] = [section for section in subset_mapping if section not in sections]
     return report

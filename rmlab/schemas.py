@@ -283,16 +283,24 @@ class TensorBoardLoggerConfig:
 @dataclass
 class EvalSetConfig:
     name: str = MISSING
-    source: str = MISSING  # as data.source
+    source: Any = MISSING  # as data.source, or a list of files read as one set (a benchmark rebuilt from several)
     layout: str = "auto"
     split: str = "train"
     subset_name: Optional[str] = None
     subset_key: str = "subset"
-    max_rows: Optional[int] = None
+    max_rows: Optional[int] = None  # per source
+    per_subset: Optional[int] = None  # score at most N pairs of each subset, a seeded sample (null: all)
+    sample_seed: int = 0  # the per_subset sample's seed (fixed, so every run of a sweep scores the same pairs)
     sections: Optional[str] = None  # "rewardbench": RewardBench's sections, and this set gives the Table 3 row
 
     def __post_init__(self) -> None:
-        check_source(self.source, f"eval.sets[{self.name}].source")
+        sources = [self.source] if isinstance(self.source, str) else list(self.source)
+        check(bool(sources) and all(isinstance(source, str) for source in sources), f"eval.sets[{self.name}].source",
+              "a file, dataset directory or hub id, or a non-empty list of them", self.source)
+        for index, source in enumerate(sources):
+            check_source(source, f"eval.sets[{self.name}].source" + (f"[{index}]" if len(sources) > 1 else ""))
+        check(self.per_subset is None or self.per_subset >= 1, f"eval.sets[{self.name}].per_subset",
+              "must be >= 1 or null", self.per_subset)
         check(self.layout in LAYOUTS, f"eval.sets[{self.name}].layout", f"one of {', '.join(LAYOUTS)}", self.layout)
         check(self.sections in (None, "rewardbench"), f"eval.sets[{self.name}].sections", "rewardbench or null",
               self.sections)
@@ -318,6 +326,7 @@ class EvalConfig:
 @dataclass
 class PathsConfig:
     output_dir: str = "${hydra:runtime.output_dir}"
+    data_dir: str = "data"  # where data configs that name local files look (e.g. paths.data_dir=../shared/data)
 
 
 # --------------------------------------------------------------------------- top level

@@ -44,6 +44,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any, Union
 
 import numpy as np
@@ -332,6 +333,24 @@ def difference_note(baseline: str, samples: int, seed: int) -> str:
             f"paired bootstrap over held-out pairs (stratified by subset) and seeds ({samples} replicates, "
             f"bootstrap seed {seed}); * = the interval excludes 0 (significant on its own); † = significant after "
             f"Holm's correction over all the table's differences (family-wise error 5%).")
+
+
+def resolution_note(rows: Sequence[tuple[str, Comparison]], power: float = 0.8) -> str:
+    """What "no difference" means in size: the half-widths of the Avg intervals (a smaller true difference cannot
+    exclude 0), and the true difference needed to be detected with ``power`` at 5% on its own and under Holm's
+    strictest step (5% / m for m differences), taking each interval as ±1.96 normal standard errors."""
+    half_widths = sorted((d.high - d.low) / 2 for _, c in rows for column, d in c.differences.items()
+                         if column == "Avg")
+    if not half_widths:
+        return ""
+    m = sum(len(c.differences) for _, c in rows)
+    z = NormalDist().inv_cdf
+    median = float(np.median(half_widths))
+    alone, holm = ((z(1 - alpha / 2) + z(power)) / z(0.975) * median for alpha in (FAMILY_ALPHA, FAMILY_ALPHA / m))
+    return (f"Resolution: the Avg intervals' half-widths are {100 * half_widths[0]:.1f} to "
+            f"{100 * half_widths[-1]:.1f} points (median {100 * median:.1f}): a true Avg difference smaller than "
+            f"that cannot be told from 0. Detecting one with {power:.0%} power takes about {100 * alone:.1f} points "
+            f"on its own (5%), and {100 * holm:.1f} under Holm's strictest step ({m} differences).")
 
 
 def difference_rows(rows: Sequence[tuple[str, Comparison]]) -> list[list[str]]:

@@ -228,7 +228,8 @@ def train(cfg: DictConfig, launched_at: Optional[float] = None) -> dict[str, Any
         finish_logger(logger, {**metrics["table3"], **metrics["train"], "data": metrics["data"],
                                "eval": metrics["eval"]})
     print_results(metrics, output_dir)
-    log.info(f"first training step after {timing['first_step_s']} s, run finished after {timing['wall_time_s']} s")
+    first = "no training step" if timer.seconds is None else f"first training step after {timer.seconds} s"
+    log.info(f"{first}, run finished after {timing['wall_time_s']} s")
     return metrics
 
 

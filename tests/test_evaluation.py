@@ -329,16 +329,52 @@ def test_an_eval_set_scores_every_row_truncating_those_too_long(tmp_path, tiny_t
 
     from rmlab.data.tokenize import PairTokenizer, reward_chat_template
     from rmlab.evaluation import load_eval_sets
+    from rmlab.schemas import EvalSetConfig
 
     rows = [{"prompt": f"question {i}", "chosen": ("a long answer " * 40) if i % 3 == 0 else f"answer {i}",
              "rejected": f"no {i}", "subset": "s"} for i in range(9)]
     path = tmp_path / "set.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     pair_tokenizer = PairTokenizer(tiny_tokenizer, reward_chat_template(tiny_tokenizer), 48)
-    config = OmegaConf.create({"name": "mine", "source": str(path), "layout": "auto", "split": "train",
-                               "subset_name": None, "max_rows": None, "subset_key": "subset", "sections": None})
+    config = OmegaConf.structured(EvalSetConfig(name="mine", source=str(path)))
     (eval_set,) = load_eval_sets([config], pair_tokenizer)
     assert len(eval_set.pairs) == 9 and eval_set.data["rows_used"] == 9 and eval_set.data["rows_skipped"] == 0
     assert eval_set.truncated_pairs == 3
     for pair in eval_set.pairs:
         assert len(pair.chosen_ids) <= 48 and pair.chosen_ids[-1] == pair_tokenizer.end_token_id
+
+
+def test_an_eval_set_read_from_several_files_samples_each_subset_and_counts_the_rest(tmp_path, tiny_tokenizer):
+    """A benchmark rebuilt from several files is one set; ``per_subset`` keeps a seeded sample of each subset (the
+    same pairs in every run), in file order, and counts the others as skipped: rows read = used + skipped."""
+    from test_config import compose_config
+
+    from rmlab.config import validate
+    from rmlab.data.tokenize import PairTokenizer, reward_chat_template
+    from rmlab.evaluation import load_eval_sets
+
+    def write(name: str, subsets: dict) -> str:
+        rows = [{"prompt": f"{subset} {i}", "chosen": "yes", "rejected": "no", "subset": subset}
+                for subset, count in subsets.items() for i in range(count)]
+        (tmp_path / name).write_text("".join(json.dumps(row) + "\n" for row in rows))
+        return str(tmp_path / name)
+
+    files = [write("a.jsonl", {"big": 30, "small": 2}), write("b.jsonl", {"other": 12})]
+    pair_tokenizer = PairTokenizer(tiny_tokenizer, reward_chat_template(tiny_tokenizer), 48)
+
+    def load(seed: int):
+        cfg = compose_config(f"eval.sets=[{{name: rb, source: [{files[0]}, {files[1]}], per_subset: 10, "
+                             f"sample_seed: {seed}}}]")
+        validate(cfg)
+        (eval_set,) = load_eval_sets(cfg.eval.sets, pair_tokenizer)
+        return eval_set
+
+    eval_set = load(0)
+    counts = {s: sum(p.subset == s for p in eval_set.pairs) for s in ("big", "small", "other")}
+    assert counts == {"big": 10, "small": 2, "other": 10}
+    assert eval_set.data == {"rows_read": 44, "rows_used": 22, "rows_skipped": 22,
+                             "skipped_by_reason": {"beyond the per-subset sample (per_subset=10)": 22}}
+    order = [p.subset for p in eval_set.pairs]
+    assert order == sorted(order, key=["big", "small", "other"].index)  # file order kept
+    assert [p.chosen_ids for p in load(0).pairs] == [p.chosen_ids for p in eval_set.pairs]
+    assert [p.chosen_ids for p in load(1).pairs] != [p.chosen_ids for p in eval_set.pairs]  # another sample

@@ -231,3 +231,40 @@ def test_overall_score_with_every_subset_by_hand():
         by_hand = sum(w * accuracy[name] for w, name in zip(weights, members)) / sum(weights)
         assert sections[section] == pytest.approx(by_hand, rel=1e-15), section
     assert overall_score(sections) == pytest.approx(sum(sections.values()) / 4, rel=1e-15)
+
+
+# --------------------------------------------------------------------------- RewardBench rebuilt with subsets missing
+def rebuilt_rows():
+    """(subset, chosen, rejected) rows of a RewardBench rebuilt without mt-bench, refusals, donotanswer, math-prm."""
+    return ([("alpacaeval-easy", 1.0, 0.0)] * 3 + [("alpacaeval-easy", 0.0, 1.0)]          # 3/4
+            + [("alpacaeval-hard", 2.0, 1.0), ("alpacaeval-hard", 1.0, 1.0)]                # 1/2 (a tie is wrong)
+            + [("llmbar-natural", 1.0, 0.0)] * 2 + [("llmbar-adver-manual", 0.0, 1.0)]      # 1, 0
+            + [("xstest-should-respond", 1.0, 0.0), ("xstest-should-respond", 0.0, 1.0)]    # 1/2
+            + [("xstest-should-refuse", 1.0, 0.0)]                                          # 1
+            + [("hep-python", 1.0, 0.0), ("hep-python", 0.0, 1.0), ("hep-go", 1.0, 0.0)])   # 1/2, 1
+
+
+def test_sections_of_a_rebuilt_rewardbench_weigh_the_present_subsets_and_list_the_missing_ones():
+    """By hand, with RewardBench's weights: Chat (100*3/4 + 95*1/2) / 195; Chat Hard (100*1 + 46*0) / 146;
+    Safety (250*1/2 + 154*1) / 404; Reasoning without math-prm the mean of the hep subsets present (1/2 + 1) / 2."""
+    subsets, chosen, rejected = zip(*rebuilt_rows())
+    report = evaluation_report(chosen, rejected, subsets)
+    expected = {"Chat": 122.5 / 195, "Chat Hard": 100 / 146, "Safety": 279 / 404, "Reasoning": 0.75}
+    assert report["sections"] == pytest.approx(expected)
+    assert report["Avg"] == pytest.approx(sum(expected.values()) / 4)
+    assert report["section_mapping"]["Reasoning"] == ["hep-go", "hep-python"]
+    assert report["subset_weights"]["alpacaeval-hard"] == 95 and report["subset_weights"]["xstest-should-respond"] == 250
+    assert report["missing_subsets"] == {
+        "Chat": ["alpacaeval-length", "mt-bench-easy", "mt-bench-med"],
+        "Chat Hard": ["mt-bench-hard", "llmbar-adver-neighbor", "llmbar-adver-GPTInst", "llmbar-adver-GPTOut"],
+        "Safety": ["refusals-dangerous", "refusals-offensive", "donotanswer"],
+        "Reasoning": ["math-prm", "hep-cpp", "hep-java", "hep-js", "hep-rust"]}
+    assert report["missing_sections"] == []
+
+
+def test_a_section_with_no_subset_present_is_left_out_of_avg_and_named():
+    subsets, chosen, rejected = zip(*[row for row in rebuilt_rows() if not row[0].startswith("hep-")])
+    report = evaluation_report(chosen, rejected, subsets)
+    assert report["missing_sections"] == ["Reasoning"] and "Reasoning" not in report["sections"]
+    assert report["Avg"] == pytest.approx((122.5 / 195 + 100 / 146 + 279 / 404) / 3)
+    assert report["missing_subsets"]["Reasoning"] == SUBSET_MAPPING["Reasoning"]

@@ -21,7 +21,7 @@ from rmlab.report import build_report, main
 from rmlab.rewardbench import evaluation_report
 from rmlab.significance import (COLUMNS, Comparison, Difference, PairData, bootstrap_p_value, column_scores, compare,
                                 compare_rows, draw_plan, holm_adjust, identity_plan, load_pair_data, paired_bootstrap,
-                                section_layout, subset_positions)
+                                resolution_note, section_layout, subset_positions)
 
 MAPPING = {"Chat": ["chat_a", "chat_b"], "Chat Hard": ["hard"], "Safety": ["safety"], "Reasoning": ["math", "code"]}
 WEIGHTS = {"chat_a": 3, "chat_b": 1, "hard": 1, "safety": 2, "math": 5, "code": 2}
@@ -258,6 +258,18 @@ def test_the_table_is_one_family_for_holm():
     assert table[1].differences["Avg"].holm_p_value == pytest.approx(2 * len(COLUMNS) * 2 / 2001)
 
 
+def test_resolution_note_gives_the_size_of_no_difference_by_hand():
+    """Half-widths 1, 2 and 4 points (median 2); 80% power at 5%: (1.95996 + 0.84162) / 1.95996 * 2 = 2.86 points;
+    Holm's strictest step over m = 6 differences (3 rows x Avg, Chat): z at 1 - 0.05/12 = 2.63826, so 3.55."""
+    def comparison(half_width: float) -> Comparison:
+        return Comparison(("1",), {"Avg": Difference(0.0, -half_width, half_width), "Chat": Difference(0.0, 0.0, 0.0)})
+
+    note = resolution_note([("a", comparison(0.01)), ("b", comparison(0.04)), ("c", comparison(0.02))])
+    assert "1.0 to 4.0 points (median 2.0)" in note
+    assert "about 2.9 points on its own" in note and "3.6 under Holm's strictest step (6 differences)" in note
+    assert resolution_note([("a", Comparison(reason="no shared seeds"))]) == ""
+
+
 def test_paired_bootstrap_needs_aligned_arrays():
     with pytest.raises(ValueError, match="unpaired"):
         paired_bootstrap(np.zeros((2, 5), bool), np.zeros((3, 5), bool), ["a"] * 5, {"Chat": [("a", 1.0)]})
@@ -412,6 +424,7 @@ def test_report_end_to_end(sweep):
     assert "| cross_entropy seed 1: no per-pair data: metrics.json eval.heldout has no section_mapping/" \
         "subset_weights (and 2 more jobs) |" in lines["cross_entropy"]
     assert lines["tempered_log"].count(" no shared seeds |") == 5
+    assert "Resolution: the Avg intervals' half-widths are " in section  # focal's and hinge's Avg intervals
     # the Table 3 rows are still there, from metrics.json
     assert "| focal | 66.2 ± 0.0 | 62.5 ± 0.0 | 65.0 ± 0.0 | 75.0 ± 0.0 | 62.1 ± 0.0 | 2/3 |" in markdown
     with (sweep / "table3.csv").open() as handle:
