@@ -14,7 +14,7 @@ Both sides train on the same pairs, tokenized once by rmlab's chat template: the
 ``--max-length`` untruncated (TRL drops the others; rmlab would truncate them). TRL gets the token
 ids (``chosen_ids`` / ``rejected_ids``), so it neither re-renders nor adds an EOS. Same model,
 micro-batch of ``--batch-size`` pairs per optimizer step, learning rate, fp32, one epoch, gradient
-clipping at 1.0, dropout off (TRL's default ``disable_dropout=True``; rmlab: ``model.dropout=0.0``).
+clipping at 1.0, dropout off (TRL's default ``disable_dropout=True``; rmlab: ``model.disable_dropout=true``, its default).
 
 * ``rmlab``: the Hydra config (``model=minilm data=local logger=none callbacks=none``) composed as
   ``python -m rmlab`` composes it, then ``rmlab.train.build_trainer``, ``build_reward_model``,
