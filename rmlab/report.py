@@ -30,6 +30,7 @@ from rmlab.rewardbench import SECTIONS
 from rmlab.significance import (COLUMNS, CSV_HEADER, DEFAULT_SAMPLES, DEFAULT_SEED, DIFFERENCE_HEADER, Comparison,
                                 PairData, compare_rows, difference_note, difference_rows, load_pair_data,
                                 resolution_note)
+from rmlab.report_sets import SetData, compare_sets, load_set_data, set_header, set_names, set_rows
 
 
 def print_results(metrics: dict[str, Any], output_dir: Path | str) -> None:
@@ -79,6 +80,8 @@ PAPER_TABLE3: dict[str, tuple[str, tuple[float, ...]]] = {  # loss -> (paper's n
     "tempered_log": ("Tempered log", (92.9, 96.4, 87.4, 91.8, 96.2)),
 }
 STD_NOTE = "mean ± sample std (ddof=1) over seeds"
+SETS_TITLE = (f"Other evaluation sets (not in Table 3): accuracy %, {STD_NOTE}; paired difference vs the baseline, "
+              "[95% interval] over the set's pairs and seeds, Holm over each set's differences")
 RESULT_HEADER = ("loss", *COLUMNS, "seeds ok", "status")
 PAPER_HEADER = ("loss", *COLUMNS, "paper's name")
 
@@ -94,6 +97,7 @@ class Job:
     scores: dict[str, float] = field(default_factory=dict)  # Table 3 columns, fractions in [0, 1]
     detail: str = ""              # first error line (failed) or why it counts as missing
     pairs: Union[PairData, str] = "no per-pair data: no metrics.json"  # per-pair results, or why there are none
+    sets: SetData = field(default_factory=dict)  # the other evaluation sets: accuracy and per-pair results
 
 
 @dataclass
@@ -151,6 +155,7 @@ class Report:
     baseline: str = DEFAULT_BASELINE
     comparisons: list[Comparison] = field(default_factory=list)  # per row: its paired difference from baseline
     bootstrap: tuple[int, int] = (DEFAULT_SAMPLES, DEFAULT_SEED)  # (replicates, bootstrap seed)
+    sets: dict[str, list[Comparison]] = field(default_factory=dict)  # other set -> per row: paired difference
 
     def __post_init__(self) -> None:
         if len(self.comparisons) != len(self.rows):
@@ -199,6 +204,7 @@ def _read_job(job_dir: Path) -> Job:
             job.scores = {k: float(v) for k, v in (info.get("table3") or {}).items()
                           if k in COLUMNS and isinstance(v, (int, float))}
             job.pairs = load_pair_data(job_dir, info)
+            job.sets = load_set_data(job_dir, info)
             info = info.get("run") or {}
         else:
             return job
@@ -273,7 +279,8 @@ def build_report(sweep_dir: Path | str, baseline: str = DEFAULT_BASELINE, bootst
             for (loss, values), group in sorted(groups.items(), key=order)]
     comparisons = compare_rows([(row.loss, row.extra, _pair_data_by_seed(row)) for row in rows], baseline,
                                bootstrap_samples, bootstrap_seed)
-    return Report(sweep_dir, rows, jobs, baseline, comparisons, (bootstrap_samples, bootstrap_seed))
+    sets = compare_sets(rows, set_names(jobs), baseline, bootstrap_samples, bootstrap_seed)
+    return Report(sweep_dir, rows, jobs, baseline, comparisons, (bootstrap_samples, bootstrap_seed), sets)
 
 
 def _result_rows(report: Report) -> list[list[str]]:
@@ -297,6 +304,9 @@ def _markdown(report: Report) -> str:
     lines += ["", f"## Paired differences vs {report.baseline}", "", note, ""]
     lines += table(DIFFERENCE_HEADER, difference_rows(report.compared))
     lines += ["", resolution, ""] if (resolution := resolution_note(report.compared)) else [""]
+    if report.sets:
+        lines += [f"## {SETS_TITLE}", ""] + table(set_header(list(report.sets), report.baseline),
+                                                  set_rows(report.rows, list(report.sets), report.sets)) + [""]
     lines += ["## Jobs", ""]
     lines += [f"- `{job.name}`: {job.status}: {job.detail}" for job in report.problems] \
         or [f"All {len(report.jobs)} jobs finished."]
@@ -354,6 +364,9 @@ def print_report(report: Report, console: Optional[Console] = None) -> None:
                               difference_rows(report.compared)))
     if resolution := resolution_note(report.compared):
         console.print(resolution)
+    if report.sets:
+        console.print(_rich_table(SETS_TITLE, set_header(list(report.sets), report.baseline),
+                                  set_rows(report.rows, list(report.sets), report.sets)))
     console.print(_rich_table(PAPER_TITLE, PAPER_HEADER, _paper_rows()))
 
 
