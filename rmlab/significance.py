@@ -1,4 +1,4 @@
-"""Which Table 3 differences between losses are real: a paired bootstrap over held-out pairs AND seeds.
+"""Which Table 3 differences between losses are real: a paired bootstrap over the scored pairs AND seeds.
 
 Every loss of a sweep is scored on the same evaluation pairs (``rewards/<set>.jsonl``: one line per pair, same
 order in every job) with the same seeds, so a row (loss) is compared with the baseline row PAIRED.
@@ -330,7 +330,7 @@ def holm_over_table(comparisons: Sequence[Comparison]) -> list[Comparison]:
 def difference_note(baseline: str, samples: int, seed: int) -> str:
     """How to read the differences table."""
     return (f"Row − {baseline} in percentage points, mean over the seeds both rows share, [95% interval] from a "
-            f"paired bootstrap over held-out pairs (stratified by subset) and seeds ({samples} replicates, "
+            f"paired bootstrap over the Table 3 set's pairs (stratified by subset) and seeds ({samples} replicates, "
             f"bootstrap seed {seed}); * = the interval excludes 0 (significant on its own); † = significant after "
             f"Holm's correction over all the table's differences (family-wise error 5%).")
 

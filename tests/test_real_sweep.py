@@ -80,3 +80,5 @@ def test_the_report_compares_the_two_losses_on_the_rebuilt_sections(real_sweep):
     assert "cross_entropy" in table and "bt" in table
     avg_pp = f"{100 * metrics[1]['table3']['Avg']:.1f}"
     assert avg_pp in table, (avg_pp, table)
+    heldout_pp = f"{100 * metrics[1]['eval']['heldout']['accuracy']:.1f}"  # the other sets' block, one seed: no ±
+    assert "## Other evaluation sets" in table and f"| cross_entropy | {heldout_pp} |" in table, table
