@@ -1,4 +1,4 @@
-"""Results tables: the one printed at the end of a run, and the Table 3 report of a sweep.
+"""The Table 3 report of a sweep (the tables a run prints: :mod:`rmlab.results`).
 
 ``python -m rmlab.report <sweep dir>`` writes ``table3.md``, ``table3.csv`` and ``table3.png`` into a Hydra
 multirun directory and prints the table: one row per loss (and per other varying override), mean ± sample std
@@ -26,33 +26,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from rmlab.rewardbench import SECTIONS
 from rmlab.significance import (COLUMNS, CSV_HEADER, DEFAULT_SAMPLES, DEFAULT_SEED, DIFFERENCE_HEADER, Comparison,
                                 PairData, compare_rows, difference_note, difference_rows, load_pair_data,
                                 resolution_note)
-
-
-def print_results(metrics: dict[str, Any], output_dir: Path | str) -> None:
-    """Print each evaluation set's sections and subsets, and the row counts."""
-    console = Console()
-    for name, report in metrics["eval"].items():
-        table = Table(title=f"{name}: {report['pairs']} pairs, accuracy {report['accuracy']:.3f}")
-        table.add_column("section / subset")
-        table.add_column("accuracy", justify="right")
-        table.add_column("pairs", justify="right")
-        sections = report.get("sections", {})
-        for section in SECTIONS:
-            if section in sections:
-                table.add_row(f"[bold]{section}[/bold]", f"{sections[section]:.3f}", "")
-        if "Avg" in report:
-            table.add_row("[bold]Avg[/bold]", f"{report['Avg']:.3f}", "", end_section=True)
-        for subset, accuracy in sorted(report["subsets"].items()):
-            table.add_row(subset, f"{accuracy:.3f}", str(report["subset_counts"][subset]))
-        console.print(table)
-    data = metrics["data"]
-    console.print(f"rows read {data['rows_read']} = used {data['rows_used']} + skipped {data['rows_skipped']} "
-                  f"{data['skipped_by_reason'] or ''}")
-    console.print(f"outputs: {output_dir}")
 
 
 # --------------------------------------------------------------------------- Table 3 report of a sweep
