@@ -5,13 +5,14 @@ as decontamination's reference set."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import fit_reward_module, write_topic_pairs
+from conftest import fit_reward_module, wandb_summary_and_exit, write_topic_pairs
 from test_evaluation import evaluate_in_process, saved_rewards
 from test_rewardbench2 import rb2_rows, write_rb2_copy
 
@@ -92,18 +93,25 @@ def test_rewardbench2_is_scored_at_the_end_of_a_fit_with_the_trained_weights(tmp
 
 @pytest.mark.slow
 def test_a_run_scores_rewardbench2_and_its_export_rescored_gives_the_same(tmp_path, tiny_llama_dir):
-    """``python -m rmlab eval=rewardbench2``: metrics.json's block, the rewards file, the console table; then
-    ``python -m rmlab.evaluate`` on the export with the run's overrides writes the same block and rewards."""
+    """``python -m rmlab eval=rewardbench2``: metrics.json's block, the rewards file, the console table, the W&B
+    summary (an offline run: RewardBench 2's subset names under ``rewardbench2``); then ``python -m rmlab.evaluate``
+    on the export with the run's overrides writes the same block and rewards."""
     copy, _ = rb2_copy(tmp_path / "reward-bench-2")
     data = write_topic_pairs(tmp_path / "pairs.jsonl", 32)
     run_dir, eval_dir = tmp_path / "run", tmp_path / "evaluated"
     overrides = ["model=hf", f"model.name_or_path={tiny_llama_dir}", "data=local", f"data.source={data}",
-                 "data.max_length=96", "data.batch_size=4", "logger=none", "trainer.enable_progress_bar=false",
+                 "data.max_length=96", "data.batch_size=4", "trainer.enable_progress_bar=false",
                  "eval=rewardbench2", f"eval.rewardbench2.source={copy}", "threads=1"]
-    trained = subprocess.run([sys.executable, "-m", "rmlab", *overrides, f"hydra.run.dir={run_dir}"],
+    env = {key: value for key, value in os.environ.items() if not key.startswith("WANDB_")}
+    env.update(NETRC=str(tmp_path / "no-netrc"), WANDB_DIR=str(tmp_path / "wandb-dir"))  # W&B goes offline
+    trained = subprocess.run([sys.executable, "-m", "rmlab", *overrides, f"hydra.run.dir={run_dir}"], env=env,
                              capture_output=True, text=True, timeout=600)
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert "rewardbench2: 21 prompts" in trained.stdout and "Precise IF" in trained.stdout
+    summary, exit_code = wandb_summary_and_exit(run_dir)
+    block = json.loads((run_dir / "metrics.json").read_text())["rewardbench2"]
+    assert exit_code == 0 and {key: summary["rewardbench2"][key] for key in (*SUBSETS, "final")} == \
+        {key: block[key] for key in (*SUBSETS, "final")}
     evaluated = subprocess.run([sys.executable, "-m", "rmlab.evaluate", *overrides,
                                 f"model.name_or_path={run_dir / 'export'}", f"hydra.run.dir={eval_dir}"],
                                capture_output=True, text=True, timeout=600)
