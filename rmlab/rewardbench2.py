@@ -87,6 +87,7 @@ def prompt_stats(rewards: Sequence[float], num_correct: int) -> PromptStats:
 class TiesUnit:
     """The prompts of one Ties number: its ref and tied prompts (either may be absent), resampled together."""
 
+    number: int
     ref: Optional[PromptStats]
     tied: Optional[PromptStats]
 
@@ -130,7 +131,7 @@ def ties_units(groups: Sequence[Mapping[str, Any]]) -> list[TiesUnit]:
     ref, tied = stats["ref"], stats["tied"]
     order = list(set(ref.keys()) & set(tied.keys()))
     order += [number for number in {**ref, **tied} if number not in set(order)]
-    return [TiesUnit(ref.get(number), tied.get(number)) for number in order]
+    return [TiesUnit(number, ref.get(number), tied.get(number)) for number in order]
 
 
 def subset_scores(groups: Sequence[Mapping[str, Any]]) -> dict[str, float]:
