@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import fit_reward_module, wandb_summary_and_exit, write_topic_pairs
+from conftest import fit_reward_module, wandb_summary_and_exit, write_jsonl, write_topic_pairs
 from test_evaluation import evaluate_in_process, saved_rewards
 from test_rewardbench2 import rb2_rows, write_rb2_copy
 
@@ -135,3 +135,30 @@ def test_a_bad_local_copy_ends_the_command_with_one_line(tmp_path, tiny_llama_di
     assert result.returncode == 1 and "Traceback" not in result.stderr
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("rmlab: data error:")]
     assert "[test row 1]: num_correct=9 is larger than the group (4 completions" in line and "Fix:" in line, line
+
+
+def test_decontamination_takes_rewardbench2s_prompts_as_the_reference_set(tmp_path):
+    """``tool=decontaminate`` with RewardBench 2 (a copy laid out as on the hub) as ``tool.eval_sets``: every prompt
+    is a reference (by subset), and a training prompt sharing 9 words with one is removed."""
+    from rmlab.data.recipe.config import DecontaminateConfig, InputConfig
+    from rmlab.data.recipe.decontaminate import run
+
+    rows = rb2_rows(per_subset=2, ties_numbers=1)
+    rows[0]["prompt"] = "Which river runs through the old city of Prague and on to Dresden?"
+    copy = write_rb2_copy(tmp_path / "reward-bench-2", rows)
+    train = write_jsonl(tmp_path / "train.jsonl", [
+        {"prompt": "Tell me which river runs through the old city of Prague, please.", "chosen": "The Vltava.",
+         "rejected": "The Nile."},
+        {"prompt": "A question of its own, with nothing shared at all.", "chosen": "Yes.", "rejected": "No."}])
+    (tmp_path / "out").mkdir()  # Hydra makes the run directory
+    report = run(DecontaminateConfig(input=InputConfig(path=str(train)), output_dir=str(tmp_path / "out"),
+                                     eval_sets=[InputConfig(path=str(copy), split="test", name="rewardbench2")]))
+    assert report["eval_rows"] == {"rows_read": len(rows), "rows_used": len(rows), "rows_skipped": 0,
+                                   "skipped_by_reason": {}}
+    by_subset = {row["eval_subset"]: row for row in report["evaluation"]}
+    assert set(by_subset) == {f"rewardbench2/{subset}" for subset in SUBSETS}
+    assert by_subset["rewardbench2/Factuality"]["eval_prompts_matched"] == 1
+    assert report["totals"]["eval_prompts"] == len({row["prompt"] for row in rows})
+    assert report["totals"]["contaminated_pairs"] == 1 and report["totals"]["eval_prompts_matched"] == 1
+    assert [json.loads(line)["chosen"] for line in (tmp_path / "out" / "pairs.jsonl").read_text().splitlines()] == \
+        ["Yes."]
