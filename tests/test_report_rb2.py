@@ -83,12 +83,13 @@ def test_the_report_shows_rewardbench2_columns_and_paired_differences(sweep):
     header = "| loss | RB2 final | RB2 Factuality | RB2 Precise IF | RB2 Math | RB2 Safety | RB2 Focus | RB2 Ties |"
     assert header + " seeds ok | status |" in section and header + " paired seeds | note |" in section
     focal = [rb2_scores(rb2_lines(0.95, seed)) for seed in (1, 2, 3)]
-    cells = [f"{100 * statistics.fmean(s[name] for s in focal):.1f} ± {100 * statistics.stdev(s[name] for s in focal):.1f}"
-             for name in ("final", *SUBSETS)]
+    values = {name: [seed[name] for seed in focal] for name in ("final", *SUBSETS)}
+    cells = [f"{100 * statistics.fmean(v):.1f} ± {100 * statistics.stdev(v):.1f}" for v in values.values()]
     assert "| focal | " + " | ".join(cells) + " | 3/3 | ok |" in section  # mean ± sample std of metrics.json
     lines = {line.split(" | ")[0].lstrip("| "): line for line in section.split("### Paired")[1].splitlines()
              if line.startswith("| ")}
-    assert lines["focal"].count("]*") == 7 and lines["hinge"] == "| hinge |" + " +0.0 [+0.0, +0.0] |" * 7 + " 1,2,3 |  |"
+    assert lines["focal"].count("]*") == 7
+    assert lines["hinge"] == "| hinge |" + " +0.0 [+0.0, +0.0] |" * 7 + " 1,2,3 |  |"  # bt's rewards again
     assert lines["margin_mse"].count("not paired (different prompts)") == 7
     assert lines["cross_entropy"].count(" no per-prompt data |") == 7 and "no rewards/rewardbench2.jsonl" in \
         lines["cross_entropy"]
@@ -101,7 +102,7 @@ def test_the_report_shows_rewardbench2_columns_and_paired_differences(sweep):
         expected = statistics.fmean(f[name] - b[name] for f, b in zip(focal, bt))  # the estimate: paired means
         assert report.rb2_comparisons[1].differences[column].estimate == pytest.approx(expected, abs=1e-12)
         assert float(table["focal"][f"{column} diff pp"]) == pytest.approx(100 * expected, abs=6e-5)
-        assert float(table["focal"][f"{column} mean %"]) == pytest.approx(100 * statistics.fmean(f[name] for f in focal))
+        assert float(table["focal"][f"{column} mean %"]) == pytest.approx(100 * statistics.fmean(values[name]))
         assert table["focal"][f"{column} significant"] == "True" and table["hinge"][f"{column} p"] == "1"
     assert table["focal"]["RB2 paired seeds"] == "1,2,3" and table["bt"]["RB2 paired note"] == "baseline"
     assert table["focal"]["Avg mean %"] == "60.0000"  # Table 3's own columns are still there

@@ -147,7 +147,7 @@ def test_a_local_copy_laid_out_as_on_the_hub_loads_every_row(tmp_path):
 
 BAD_ROWS = {  # what is wrong with row 3 -> (the change, what the message says)
     "missing columns": (lambda row: {k: v for k, v in row.items() if k not in ("num_correct", "id")},
-                        "no column 'num_correct', 'id'. Fix: add it (a RewardBench 2 row holds prompt, chosen (a list)"),
+                        "no column 'num_correct', 'id'. Fix: add them (a RewardBench 2 row holds prompt, chosen"),
     "num_correct larger than the group": (lambda row: {**row, "num_correct": 5},
                                           "num_correct=5 is larger than the group (4 completions: 1 chosen + 3 "
                                           "rejected). Fix: num_correct counts the chosen completions: set it to 1"),

@@ -74,7 +74,8 @@ def to_group(row: Any, location: str) -> CompletionGroup:
     if not isinstance(row, dict):
         raise _refuse(location, f"expected an object, got {type(row).__name__}", f"write one object per row ({LAYOUT})")
     if missing := [column for column in COLUMNS if column not in row]:
-        raise _refuse(location, f"no column {', '.join(map(repr, missing))}", f"add it ({LAYOUT})")
+        raise _refuse(location, f"no column {', '.join(map(repr, missing))}",
+                      f"add {'it' if len(missing) == 1 else 'them'} ({LAYOUT})")
     chosen, rejected = _completions(row, "chosen", location), _completions(row, "rejected", location)
     num_correct, total = _count(row, "num_correct", location), _count(row, "total_completions", location)
     size, subset, group_id = len(chosen) + len(rejected), str(row["subset"]), str(row["id"])
