@@ -1,5 +1,6 @@
-"""RewardBench 2's rules (rmlab/rewardbench2.py) on hand-built groups with known answers, and the checks a local copy
-of the dataset passes (rmlab/data/groups.py). Against the official package itself: tests/test_rewardbench2_official.py."""
+"""RewardBench 2's rules (rmlab/rewardbench2.py) on hand-built groups with known answers, and the checks a local
+copy of the dataset passes (rmlab/data/groups.py). Against the official package itself:
+tests/test_rewardbench2_official.py."""
 
 from __future__ import annotations
 
