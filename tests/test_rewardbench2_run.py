@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import fit_reward_module, wandb_summary_and_exit, write_jsonl, write_topic_pairs
-from test_evaluation import evaluate_in_process, saved_rewards
+from test_evaluation import _score_on_rank, evaluate_in_process, saved_rewards
 from test_rewardbench2 import rb2_rows, write_rb2_copy
 
 from rmlab.rewardbench2 import SUBSETS, best_of_n_result, rb2_scores
@@ -91,21 +91,6 @@ def test_rewardbench2_is_scored_at_the_end_of_a_fit_with_the_trained_weights(tmp
     assert after == score_groups(module.model, group_set.groups, bundle.tokenizer.pad_token_id, 8) != before
 
 
-def _score_groups_on_rank(rank: int, world: int, store: str, model_dir: str, groups: list, out: str) -> None:
-    """One of two gloo ranks: score every group's completions together, count this rank's forward passes."""
-    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
-    from transformers import AutoModelForSequenceClassification
-
-    from rmlab.scoring import score_groups
-
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-    forwards = []
-    model.base_model.register_forward_hook(lambda *_: forwards.append(1))
-    rewards = score_groups(model, groups, model.config.pad_token_id, batch_size=4)
-    Path(out, f"rank{rank}.json").write_text(json.dumps({"rewards": rewards, "forwards": len(forwards)}))
-    torch.distributed.destroy_process_group()
-
-
 @pytest.mark.slow
 def test_groups_are_scored_sharded_over_ranks_with_equal_forward_counts(tiny_llama_dir, tmp_path):
     """Two processes share RewardBench 2's completions (groups of 4 and of 9, 9 batches): 5 forwards each (ZeRO-3
@@ -120,8 +105,8 @@ def test_groups_are_scored_sharded_over_ranks_with_equal_forward_counts(tiny_lla
     groups = [TokenizedGroup(str(g), "Math", 1, [[1] + [5 + (g * 7 + i * 3 + j) % 300 for j in range(2 + i % 6)] + [2]
                                                  for i in range(size)]) for g, size in enumerate(sizes)]
     assert len(length_sorted_batches([len(ids) for group in groups for ids in group.sequences], 4)) == 9
-    mp.spawn(_score_groups_on_rank, args=(2, str(tmp_path / "store"), str(tiny_llama_dir), groups, str(tmp_path)),
-             nprocs=2, join=True)
+    mp.spawn(_score_on_rank, args=(2, str(tmp_path / "store"), str(tiny_llama_dir), groups, str(tmp_path),
+                                   "score_groups"), nprocs=2, join=True)
     results = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     model = AutoModelForSequenceClassification.from_pretrained(tiny_llama_dir).eval()
     alone = score_groups(model, groups, model.config.pad_token_id, batch_size=4)
