@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 from rmlab.significance import COLUMNS, Comparison
 
-if TYPE_CHECKING:
-    from rmlab.report import Report
+
+class Report(Protocol):
+    """What the plot reads of :class:`rmlab.report.Report` (named here, so this module does not import it)."""
+
+    sweep_dir: Path
+    rows: Sequence[Any]  # rmlab.report.Row: label, status, stats(column)
+    baseline: str
+    bootstrap: tuple[int, int]
+
+    @property
+    def compared(self) -> list[tuple[str, Comparison]]: ...
 
 
 def plot_report(report: Report, path: Path) -> None:

@@ -1,10 +1,12 @@
-"""Results tables: the one printed at the end of a run, and the Table 3 report of a sweep.
+"""The Table 3 report of a sweep (the tables a run prints: :mod:`rmlab.results`).
 
 ``python -m rmlab.report <sweep dir>`` writes ``table3.md``, ``table3.csv`` and ``table3.png`` into a Hydra
 multirun directory and prints the table: one row per loss (and per other varying override), mean ± sample std
 (ddof=1) over seeds, failed and missing jobs shown as such, each row's paired difference from a baseline loss
 with a 95% bootstrap interval over pairs and seeds (:mod:`rmlab.significance`), and the paper's Table 3 as a
-labelled reference. No torch or Lightning is imported here.
+labelled reference. When the sweep scored RewardBench 2, its subsets and final score get a table of their own, with
+their paired differences (over prompts within subsets: :mod:`rmlab.significance_rb2`), and columns in the CSV.
+No torch or Lightning is imported here.
 """
 
 from __future__ import annotations
@@ -26,34 +28,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from rmlab.rewardbench import SECTIONS
-from rmlab.significance import (COLUMNS, CSV_HEADER, DEFAULT_SAMPLES, DEFAULT_SEED, DIFFERENCE_HEADER, Comparison,
-                                PairData, compare_rows, difference_note, difference_rows, load_pair_data,
+from rmlab.significance import (COLUMNS, CSV_HEADER, CSV_STATS, DEFAULT_SAMPLES, DEFAULT_SEED, DIFFERENCE_HEADER,
+                                Comparison, PairData, compare_rows, difference_note, difference_rows, load_pair_data,
                                 resolution_note)
+from rmlab.paper_table3 import PAPER_HEADER, PAPER_TITLE, paper_rows
 from rmlab.report_sets import SetData, compare_sets, load_set_data, set_header, set_names, set_rows
-
-
-def print_results(metrics: dict[str, Any], output_dir: Path | str) -> None:
-    """Print each evaluation set's sections and subsets, and the row counts."""
-    console = Console()
-    for name, report in metrics["eval"].items():
-        table = Table(title=f"{name}: {report['pairs']} pairs, accuracy {report['accuracy']:.3f}")
-        table.add_column("section / subset")
-        table.add_column("accuracy", justify="right")
-        table.add_column("pairs", justify="right")
-        sections = report.get("sections", {})
-        for section in SECTIONS:
-            if section in sections:
-                table.add_row(f"[bold]{section}[/bold]", f"{sections[section]:.3f}", "")
-        if "Avg" in report:
-            table.add_row("[bold]Avg[/bold]", f"{report['Avg']:.3f}", "", end_section=True)
-        for subset, accuracy in sorted(report["subsets"].items()):
-            table.add_row(subset, f"{accuracy:.3f}", str(report["subset_counts"][subset]))
-        console.print(table)
-    data = metrics["data"]
-    console.print(f"rows read {data['rows_read']} = used {data['rows_used']} + skipped {data['rows_skipped']} "
-                  f"{data['skipped_by_reason'] or ''}")
-    console.print(f"outputs: {output_dir}")
+from rmlab.significance_rb2 import COLUMNS as RB2_COLUMNS
+from rmlab.significance_rb2 import PromptData, load_prompt_data, prompt_differences, scores_of
+from rmlab.significance_rb2 import difference_note as rb2_difference_note
 
 
 # --------------------------------------------------------------------------- Table 3 report of a sweep
@@ -62,28 +44,12 @@ LOSS_ORDER: tuple[str, ...] = ("bt", "bt_temperature", "focal", "focal_penalty",
 AVERAGED_KEY = "seed"  # the only override averaged over; every other varying override splits rows
 DEFAULT_BASELINE = "bt"
 
-# The paper's own Table 3 (Skywork-Reward, arXiv 2410.18451, Table 3: "Ablation studies of loss functions that
-# optimize the margin between chosen and rejected responses on Gemma-2-27B"), RewardBench accuracy in %, one run
-# per loss as published. Transcribed from the paper's text as reproduced offline (deep-diver/ai-paper-reviewer,
-# content/posts/2410.18451); cross-checked: the Bradley-Terry row equals Table 2's Skywork-Reward-Gemma-2-27B row
-# and every Avg is the mean of its four sections to within 0.1 (rounding of the printed sections).
-PAPER_TITLE = "Paper's numbers (reference, not this sweep): Skywork-Reward, arXiv 2410.18451, Table 3 (Gemma-2-27B, " \
-    "RewardBench)"
-PAPER_TABLE3: dict[str, tuple[str, tuple[float, ...]]] = {  # loss -> (paper's name, values in COLUMNS order)
-    "bt": ("Bradley-Terry", (93.8, 95.8, 91.4, 92.0, 96.1)),
-    "bt_temperature": ("Temperature-adjusted Bradley-Terry", (93.7, 94.3, 91.7, 92.7, 96.3)),
-    "focal": ("Focal", (93.6, 94.3, 91.8, 92.0, 96.5)),
-    "focal_penalty": ("Focal with penalty", (93.4, 93.9, 91.5, 92.0, 96.5)),
-    "hinge": ("Hinge", (93.3, 94.1, 90.2, 92.6, 96.3)),
-    "margin_mse": ("MarginMSE", (92.3, 90.2, 89.0, 93.3, 96.7)),
-    "cross_entropy": ("Cross-entropy", (87.6, 74.9, 87.3, 94.0, 94.5)),
-    "tempered_log": ("Tempered log", (92.9, 96.4, 87.4, 91.8, 96.2)),
-}
 STD_NOTE = "mean ± sample std (ddof=1) over seeds"
 SETS_TITLE = (f"Other evaluation sets (not in Table 3): accuracy %, {STD_NOTE}; paired difference vs the baseline, "
               "[95% interval] over the set's pairs and seeds, Holm over each set's differences")
 RESULT_HEADER = ("loss", *COLUMNS, "seeds ok", "status")
-PAPER_HEADER = ("loss", *COLUMNS, "paper's name")
+RB2_HEADER = ("loss", *RB2_COLUMNS, "seeds ok", "status")
+RB2_DIFFERENCE_HEADER = ("loss", *RB2_COLUMNS, "paired seeds", "note")
 
 
 @dataclass
@@ -98,6 +64,7 @@ class Job:
     detail: str = ""              # first error line (failed) or why it counts as missing
     pairs: Union[PairData, str] = "no per-pair data: no metrics.json"  # per-pair results, or why there are none
     sets: SetData = field(default_factory=dict)  # the other evaluation sets: accuracy and per-pair results
+    prompts: Union[PromptData, str] = "no per-prompt data: no RewardBench 2 score"  # RewardBench 2's, or why not
 
 
 @dataclass
@@ -154,6 +121,7 @@ class Report:
     jobs: list[Job]
     baseline: str = DEFAULT_BASELINE
     comparisons: list[Comparison] = field(default_factory=list)  # per row: its paired difference from baseline
+    rb2_comparisons: list[Comparison] = field(default_factory=list)  # the same on RewardBench 2 (none: not scored)
     bootstrap: tuple[int, int] = (DEFAULT_SAMPLES, DEFAULT_SEED)  # (replicates, bootstrap seed)
     sets: dict[str, list[Comparison]] = field(default_factory=dict)  # other set -> per row: paired difference
 
@@ -164,6 +132,10 @@ class Report:
     @property
     def compared(self) -> list[tuple[str, Comparison]]:
         return [(row.label, comparison) for row, comparison in zip(self.rows, self.comparisons)]
+
+    @property
+    def rb2_compared(self) -> list[tuple[str, Comparison]]:
+        return [(row.label, comparison) for row, comparison in zip(self.rows, self.rb2_comparisons)]
 
     @property
     def problems(self) -> list[Job]:
@@ -205,6 +177,8 @@ def _read_job(job_dir: Path) -> Job:
                           if k in COLUMNS and isinstance(v, (int, float))}
             job.pairs = load_pair_data(job_dir, info)
             job.sets = load_set_data(job_dir, info)
+            if rb2 := scores_of(info):
+                job.scores, job.prompts = {**job.scores, **rb2}, load_prompt_data(job_dir)
             info = info.get("run") or {}
         else:
             return job
@@ -242,9 +216,10 @@ def _job_dirs(sweep_dir: Path) -> list[Path]:
         (path / name).exists() for name in (".hydra", "metrics.json", "failed.json"))), key=key)
 
 
-def _pair_data_by_seed(row: Row) -> dict[str, Union[PairData, str]]:
-    """Finished jobs of a row: seed -> per-pair data, or why there is none."""
-    return {seed: job.pairs if isinstance(job.pairs, PairData) else f"{row.label} seed {seed}: {job.pairs}"
+def _data_by_seed(row: Row, kind: str = "pairs") -> dict[str, Any]:
+    """Finished jobs of a row: seed -> per-pair data (``kind="pairs"``) or RewardBench 2's per-prompt data
+    (``"prompts"``), or why there is none."""
+    return {seed: data if not isinstance(data := getattr(job, kind), str) else f"{row.label} seed {seed}: {data}"
             for job in row.jobs if job.status == "ok" and (seed := job.overrides.get(AVERAGED_KEY)) is not None}
 
 
@@ -277,23 +252,22 @@ def build_report(sweep_dir: Path | str, baseline: str = DEFAULT_BASELINE, bootst
 
     rows = [Row(loss, {k: v for k, v in zip(varying, values) if v is not None}, group)
             for (loss, values), group in sorted(groups.items(), key=order)]
-    comparisons = compare_rows([(row.loss, row.extra, _pair_data_by_seed(row)) for row in rows], baseline,
+    comparisons = compare_rows([(row.loss, row.extra, _data_by_seed(row)) for row in rows], baseline,
                                bootstrap_samples, bootstrap_seed)
     sets = compare_sets(rows, set_names(jobs), baseline, bootstrap_samples, bootstrap_seed)
-    return Report(sweep_dir, rows, jobs, baseline, comparisons, (bootstrap_samples, bootstrap_seed), sets)
+    rb2 = compare_rows([(row.loss, row.extra, _data_by_seed(row, "prompts")) for row in rows], baseline,
+                       bootstrap_samples, bootstrap_seed, paired=prompt_differences, missing="no per-prompt data") \
+        if any(column in job.scores for job in jobs for column in RB2_COLUMNS) else []
+    return Report(sweep_dir, rows, jobs, baseline, comparisons, rb2, (bootstrap_samples, bootstrap_seed), sets)
 
 
-def _result_rows(report: Report) -> list[list[str]]:
-    return [[row.label, *map(row.cell, COLUMNS), row.seeds, row.status] for row in report.rows]
-
-
-def _paper_rows() -> list[list[str]]:
-    return [[loss, *(f"{value:.1f}" for value in values), name] for loss, (name, values) in PAPER_TABLE3.items()]
+def _result_rows(report: Report, columns: tuple[str, ...] = COLUMNS) -> list[list[str]]:
+    return [[row.label, *map(row.cell, columns), row.seeds, row.status] for row in report.rows]
 
 
 def _markdown(report: Report) -> str:
     def table(header: tuple[str, ...], rows: list[list[str]]) -> list[str]:
-        align = ["---:" if name in COLUMNS else "---" for name in header]
+        align = ["---:" if name in (*COLUMNS, *RB2_COLUMNS) else "---" for name in header]
         return ["| " + " | ".join(cell.replace("|", "\\|") for cell in line) + " |"
                 for line in [list(header), align, *rows]]
 
@@ -307,27 +281,40 @@ def _markdown(report: Report) -> str:
     if report.sets:
         lines += [f"## {SETS_TITLE}", ""] + table(set_header(list(report.sets), report.baseline),
                                                   set_rows(report.rows, list(report.sets), report.sets)) + [""]
+    if report.rb2_comparisons:
+        lines += ["## RewardBench 2", "", f"Score in % per subset and final (RewardBench 2's rules), {STD_NOTE}.", ""]
+        lines += table(RB2_HEADER, _result_rows(report, RB2_COLUMNS))
+        lines += ["", f"### Paired differences vs {report.baseline}", "", rb2_difference_note(report.baseline,
+                                                                                          *report.bootstrap), ""]
+        lines += table(RB2_DIFFERENCE_HEADER, difference_rows(report.rb2_compared, RB2_COLUMNS)) + [""]
     lines += ["## Jobs", ""]
     lines += [f"- `{job.name}`: {job.status}: {job.detail}" for job in report.problems] \
         or [f"All {len(report.jobs)} jobs finished."]
-    lines += ["", f"## {PAPER_TITLE}", ""] + table(PAPER_HEADER, _paper_rows())
+    lines += ["", f"## {PAPER_TITLE}", ""] + table(PAPER_HEADER, paper_rows())
     return "\n".join(lines) + "\n"
 
 
+def _stat_cells(row: Row, columns: tuple[str, ...]) -> list[str]:
+    """Mean % and std % (4 decimals) of each column; empty when there is nothing to average."""
+    return ["" if value is None else f"{100 * value:.4f}" for column in columns for value in row.stats(column)[:2]]
+
+
 def _write_csv(report: Report, path: Path) -> None:
+    """table3.csv: a row per Table 3 row; RewardBench 2's columns follow when the sweep scored it."""
+    rb2 = RB2_COLUMNS if report.rb2_comparisons else ()
+    rb2_header = [*(f"{c} {stat}" for c in rb2 for stat in ("mean %", "std %")),
+                  *(f"{c} {stat}" for c in rb2 for stat in CSV_STATS), "RB2 paired seeds",
+                  "RB2 paired note"] if rb2 else []
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["loss", "overrides", "label", "n_ok", "n_failed", "n_missing",
                          *(f"{c} {stat}" for c in COLUMNS for stat in ("mean %", "std %")), "status",
-                         "baseline", *CSV_HEADER])
-        for row, comparison in zip(report.rows, report.comparisons):
-            cells = []
-            for column in COLUMNS:
-                mean, std, _ = row.stats(column)
-                cells += ["" if value is None else f"{100 * value:.4f}" for value in (mean, std)]
+                         "baseline", *CSV_HEADER, *rb2_header])
+        for index, (row, comparison) in enumerate(zip(report.rows, report.comparisons)):
+            extra = [*_stat_cells(row, rb2), *report.rb2_comparisons[index].csv_cells(rb2)] if rb2 else []
             writer.writerow([row.loss, ",".join(f"{k}={v}" for k, v in row.extra.items()), row.label,
-                             row.count("ok"), row.count("failed"), row.count("missing"), *cells, row.status,
-                             report.baseline, *comparison.csv_cells()])
+                             row.count("ok"), row.count("failed"), row.count("missing"), *_stat_cells(row, COLUMNS),
+                             row.status, report.baseline, *comparison.csv_cells(), *extra])
 
 
 def write_report(sweep_dir: Path | str, report: Optional[Report] = None) -> dict[str, Path]:
@@ -345,7 +332,7 @@ def write_report(sweep_dir: Path | str, report: Optional[Report] = None) -> dict
 def _rich_table(title: str, header: tuple[str, ...], rows: list[list[str]]) -> Table:
     table = Table(title=title)
     for name in header:
-        table.add_column(name, justify="right" if name in COLUMNS else "left")
+        table.add_column(name, justify="right" if name in (*COLUMNS, *RB2_COLUMNS) else "left")
     for row in rows:
         table.add_row(*map(escape, row))
     return table
@@ -367,7 +354,13 @@ def print_report(report: Report, console: Optional[Console] = None) -> None:
     if report.sets:
         console.print(_rich_table(SETS_TITLE, set_header(list(report.sets), report.baseline),
                                   set_rows(report.rows, list(report.sets), report.sets)))
-    console.print(_rich_table(PAPER_TITLE, PAPER_HEADER, _paper_rows()))
+    if report.rb2_comparisons:
+        console.print(_rich_table(f"RewardBench 2: {report.sweep_dir.name} — score %, {STD_NOTE}", RB2_HEADER,
+                                  _result_rows(report, RB2_COLUMNS)))
+        console.print(_rich_table(f"RewardBench 2: paired differences vs {report.baseline} (pp) — "
+                                  f"{rb2_difference_note(report.baseline, *report.bootstrap)}", RB2_DIFFERENCE_HEADER,
+                                  difference_rows(report.rb2_compared, RB2_COLUMNS)))
+    console.print(_rich_table(PAPER_TITLE, PAPER_HEADER, paper_rows()))
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -309,16 +309,32 @@ class EvalSetConfig:
 
 
 @dataclass
+class RewardBench2Config:
+    """RewardBench 2's prompts (rmlab/data/groups.py: the layout; rmlab/rewardbench2.py: the rules)."""
+
+    source: Optional[str] = None  # null: not scored; allenai/reward-bench-2, a copy laid out as on the hub, a file
+    split: str = "test"
+    max_rows: Optional[int] = None  # only the first N rows (a quick look: not RewardBench 2's score)
+
+    def __post_init__(self) -> None:
+        check_source(self.source, "eval.rewardbench2.source")
+        check(self.max_rows is None or self.max_rows >= 1, "eval.rewardbench2.max_rows", "must be >= 1 or null",
+              self.max_rows)
+
+
+@dataclass
 class EvalConfig:
     heldout: bool = True  # score the held-out part of the training data
     sets: list[EvalSetConfig] = field(default_factory=list)
+    rewardbench2: RewardBench2Config = field(default_factory=RewardBench2Config)  # scored beside the sets
     batch_size: int = 64  # pairs per batch when scoring without gradients (validation and the final scoring)
 
     def __post_init__(self) -> None:
         check(self.batch_size >= 1, "eval.batch_size", "must be >= 1", self.batch_size)
         names = [eval_set.name for eval_set in self.sets]
-        check(len(set(names)) == len(names) and "heldout" not in names, "eval.sets",
-              "names must be unique and not 'heldout' (each set writes rewards/<name>.jsonl)", names)
+        check(len(set(names)) == len(names) and not {"heldout", "rewardbench2"} & set(names), "eval.sets",
+              "names must be unique and neither 'heldout' nor 'rewardbench2' (each set writes rewards/<name>.jsonl)",
+              names)
         check(sum(eval_set.sections == "rewardbench" for eval_set in self.sets) <= 1, "eval.sets",
               "at most one set may have sections: rewardbench (it gives the Table 3 row)", names)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 from typing import Any, Callable, Optional, Sequence
 
 import torch
@@ -105,3 +106,13 @@ def score_pairs(model: Any, pairs: Sequence[TokenizedPair], pad_token_id: int, b
     sequences = [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs]
     rewards = score_sequences(model, sequences, pad_token_id, batch_size, device=device, step=step)
     return rewards[:len(pairs)], rewards[len(pairs):]
+
+
+def score_groups(model: Any, groups: Sequence[Any], pad_token_id: int, batch_size: int = 64,
+                 device: Optional[torch.device] = None, step: Optional[Step] = None) -> list[list[float]]:
+    """The rewards of every group's ``sequences`` (:class:`rmlab.data.groups.TokenizedGroup`: RewardBench 2's
+    completions, each scored alone), group by group; all groups' sequences are batched together."""
+    sequences = [ids for group in groups for ids in group.sequences]
+    rewards = score_sequences(model, sequences, pad_token_id, batch_size, device=device, step=step)
+    ends = list(itertools.accumulate(len(group.sequences) for group in groups))
+    return [rewards[end - len(group.sequences):end] for group, end in zip(groups, ends)]

@@ -40,8 +40,9 @@ Pure numpy + stdlib (no torch/Lightning); scores are fractions, cells print perc
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from statistics import NormalDist
@@ -162,8 +163,13 @@ def column_scores(correct: np.ndarray, sections: Sections, plan: Plan) -> dict[s
         per_seed[section] = weighted / total
     if per_seed:
         per_seed = {"Avg": sum(per_seed.values()) / len(per_seed), **per_seed}
+    return seed_means({column: values for column, values in per_seed.items() if column in COLUMNS}, plan)
+
+
+def seed_means(per_seed: Mapping[str, np.ndarray], plan: Plan) -> dict[str, np.ndarray]:
+    """Per column, (S, R) per-seed scores → (R,): each replicate's mean over its drawn seeds."""
     return {column: np.take_along_axis(values.T, plan.seeds, axis=1).mean(axis=1)
-            for column, values in per_seed.items() if column in COLUMNS}
+            for column, values in per_seed.items()}
 
 
 @dataclass(frozen=True)
@@ -209,24 +215,36 @@ def holm_adjust(p_values: Sequence[float]) -> list[float]:
     return adjusted
 
 
+Scorer = Callable[[Plan], dict[str, np.ndarray]]  # a row's per-replicate column scores under a plan
+
+
+def bootstrap_differences(row: Scorer, base: Scorer, n_seeds: int, positions: Mapping[str, np.ndarray],
+                          columns: Sequence[str], samples: int = DEFAULT_SAMPLES,
+                          seed: int = DEFAULT_SEED) -> dict[str, Difference]:
+    """Row − baseline per column (``columns`` order): the estimate on the original data, the interval and p-value
+    from ``samples`` replicates that draw the seeds and, within each stratum of ``positions``, the items."""
+    point = identity_plan(n_seeds, positions)
+    base_point = base(point)
+    estimate = {c: float(v[0] - base_point[c][0]) for c, v in row(point).items()}
+    plan = draw_plan(n_seeds, positions, samples, seed)
+    base_scores = base(plan)
+    differences = {}
+    for column, values in row(plan).items():
+        replicates = values - base_scores[column]
+        low, high = np.percentile(replicates, [2.5, 97.5])
+        p_value = bootstrap_p_value(replicates)
+        differences[column] = Difference(estimate[column], float(low), float(high), p_value, p_value)
+    return {column: differences[column] for column in columns if column in differences}
+
+
 def paired_bootstrap(row: np.ndarray, base: np.ndarray, subsets: Sequence[str], sections: Sections,
                      samples: int = DEFAULT_SAMPLES, seed: int = DEFAULT_SEED) -> dict[str, Difference]:
     """Row − baseline per column (COLUMNS order) from (S, n_pairs) bool arrays whose seeds correspond."""
     if row.shape != base.shape or row.shape[1] != len(subsets):
         raise ValueError(f"unpaired arrays: {row.shape} vs {base.shape} for {len(subsets)} pairs")
-    positions = subset_positions(subsets)
-    point = identity_plan(row.shape[0], positions)
-    estimate = {c: float(v[0] - column_scores(base, sections, point)[c][0])
-                for c, v in column_scores(row, sections, point).items()}
-    plan = draw_plan(row.shape[0], positions, samples, seed)
-    base_scores = column_scores(base, sections, plan)
-    differences = {}
-    for column, values in column_scores(row, sections, plan).items():
-        replicates = values - base_scores[column]
-        low, high = np.percentile(replicates, [2.5, 97.5])
-        p_value = bootstrap_p_value(replicates)
-        differences[column] = Difference(estimate[column], float(low), float(high), p_value, p_value)
-    return {column: differences[column] for column in COLUMNS if column in differences}
+    return bootstrap_differences(functools.partial(column_scores, row, sections),
+                                 functools.partial(column_scores, base, sections), row.shape[0],
+                                 subset_positions(subsets), COLUMNS, samples, seed)
 
 
 @dataclass
@@ -247,11 +265,11 @@ class Comparison:
     def note(self) -> str:
         return "; ".join(text for text in (self.reason if not self.differences else "", self.detail) if text)
 
-    def csv_cells(self) -> list[str]:
+    def csv_cells(self, columns: Sequence[str] = COLUMNS) -> list[str]:
         """Values for CSV_HEADER: per column diff, ci low, ci high (pp, 4 decimals), significant, p-value and
         Holm-adjusted p-value (4 significant digits); seeds; note."""
         cells: list[str] = []
-        for column in COLUMNS:
+        for column in columns:
             d = self.differences.get(column)
             cells += [f"{100 * d.estimate:.4f}", f"{100 * d.low:.4f}", f"{100 * d.high:.4f}", str(d.significant),
                       f"{d.p_value:.4g}", f"{d.holm_p_value:.4g}"] if d else [""] * len(CSV_STATS)
@@ -265,9 +283,33 @@ def _seed_key(seed: str) -> tuple[int, float, str]:
         return 1, 0.0, seed
 
 
-def compare(row: Mapping[str, Union[PairData, str]], base: Mapping[str, Union[PairData, str]],
-            samples: int = DEFAULT_SAMPLES, seed: int = DEFAULT_SEED) -> Comparison:
-    """Compare two rows given as {seed: per-pair data or reason} of their finished jobs, on the shared seeds."""
+Paired = Callable[[list[Any], list[Any], int, int], Union[dict[str, Difference], tuple[str, str]]]
+
+
+def pair_differences(rows: list[PairData], bases: list[PairData], samples: int = DEFAULT_SAMPLES,
+                     seed: int = DEFAULT_SEED) -> Union[dict[str, Difference], tuple[str, str]]:
+    """Row − baseline from the jobs of the shared seeds (in the same seed order), or (reason, detail) when they
+    do not hold the same pairs, mapping and weights."""
+    data = [*rows, *bases]
+    first = data[0]
+    if any(job.set_name != first.set_name or job.subsets != first.subsets for job in data):
+        sizes = sorted({f"{job.set_name}: {len(job.subsets)} pairs" for job in data})
+        return "not paired (different pairs)", ", ".join(sizes) if len(sizes) > 1 \
+            else f"{sizes[0]} each, in a different subset order"
+    if any(job.section_mapping != first.section_mapping or job.subset_weights != first.subset_weights
+           for job in data):
+        return "not paired (different section mapping or subset weights)", ""
+    sections = section_layout(first.section_mapping, first.subset_weights, first.subsets)
+    return paired_bootstrap(np.stack([job.correct for job in rows]), np.stack([job.correct for job in bases]),
+                            first.subsets, sections, samples, seed)
+
+
+def compare(row: Mapping[str, Any], base: Mapping[str, Any], samples: int = DEFAULT_SAMPLES,
+            seed: int = DEFAULT_SEED, paired: Paired = pair_differences, missing: str = "no per-pair data"
+            ) -> Comparison:
+    """Compare two rows given as {seed: per-item data or the reason there is none} of their finished jobs, on the
+    shared seeds; ``paired`` computes the differences (:func:`pair_differences`: pairs), ``missing`` is the cell
+    when a job has no data."""
     shared = tuple(sorted(set(row) & set(base), key=_seed_key))
     seeds = [",".join(sorted(side, key=_seed_key)) or "none" for side in (row, base)]
     detail = f"finished seeds: row {seeds[0]}, baseline {seeds[1]}" if set(row) != set(base) else ""
@@ -276,21 +318,10 @@ def compare(row: Mapping[str, Union[PairData, str]], base: Mapping[str, Union[Pa
     jobs = [row[s] for s in shared] + [base[s] for s in shared]
     if reasons := list(dict.fromkeys(job for job in jobs if isinstance(job, str))):
         more = f" (and {len(reasons) - 1} more jobs)" if len(reasons) > 1 else ""
-        return Comparison(shared, reason="no per-pair data",
-                          detail="; ".join(filter(None, [reasons[0] + more, detail])))
-    data = [job for job in jobs if isinstance(job, PairData)]  # all of them now
-    first = data[0]
-    if any(job.set_name != first.set_name or job.subsets != first.subsets for job in data):
-        sizes = sorted({f"{job.set_name}: {len(job.subsets)} pairs" for job in data})
-        return Comparison(shared, reason="not paired (different pairs)", detail=", ".join(sizes) if len(sizes) > 1
-                          else f"{sizes[0]} each, in a different subset order")
-    if any(job.section_mapping != first.section_mapping or job.subset_weights != first.subset_weights
-           for job in data):
-        return Comparison(shared, reason="not paired (different section mapping or subset weights)")
-    sections = section_layout(first.section_mapping, first.subset_weights, first.subsets)
-    differences = paired_bootstrap(np.stack([job.correct for job in data[:len(shared)]]),
-                                   np.stack([job.correct for job in data[len(shared):]]),
-                                   first.subsets, sections, samples, seed)
+        return Comparison(shared, reason=missing, detail="; ".join(filter(None, [reasons[0] + more, detail])))
+    differences = paired(jobs[:len(shared)], jobs[len(shared):], samples, seed)
+    if isinstance(differences, tuple):
+        return Comparison(shared, reason=differences[0], detail=differences[1])
     return Comparison(shared, differences, reason="" if differences else "no sections", detail=detail)
 
 
@@ -299,11 +330,12 @@ SweepRow = tuple[str, Mapping[str, str], Mapping[str, Union[PairData, str]]]  # 
 
 
 def compare_rows(rows: Sequence[SweepRow], baseline: str, samples: int = DEFAULT_SAMPLES,
-                 seed: int = DEFAULT_SEED) -> list[Comparison]:
+                 seed: int = DEFAULT_SEED, **options: Any) -> list[Comparison]:
     """Each row against the baseline-loss row with the same other overrides (else the only baseline row), the
     p-values adjusted by Holm over every difference of the table.
 
-    A row is (loss, other overrides, {seed: per-pair data or why not} of its finished jobs).
+    A row is (loss, other overrides, {seed: per-item data or why not} of its finished jobs); ``options`` go to
+    :func:`compare` (its ``paired`` and ``missing``).
     """
     bases = [index for index, (loss, _, _) in enumerate(rows) if loss == baseline]
     comparisons = []
@@ -314,7 +346,7 @@ def compare_rows(rows: Sequence[SweepRow], baseline: str, samples: int = DEFAULT
         elif base is None:
             comparisons.append(Comparison(reason=f"no {baseline} row" if not bases else f"ambiguous {baseline} row"))
         else:
-            comparisons.append(compare(by_seed, rows[base][2], samples, seed))
+            comparisons.append(compare(by_seed, rows[base][2], samples, seed, **options))
     return holm_over_table(comparisons)
 
 
@@ -335,25 +367,25 @@ def difference_note(baseline: str, samples: int, seed: int) -> str:
             f"Holm's correction over all the table's differences (family-wise error 5%).")
 
 
-def resolution_note(rows: Sequence[tuple[str, Comparison]], power: float = 0.8) -> str:
+def resolution_note(rows: Sequence[tuple[str, Comparison]], power: float = 0.8, column: str = "Avg") -> str:
     """What "no difference" means in size: the half-widths of the Avg intervals (a smaller true difference cannot
     exclude 0), and the true difference needed to be detected with ``power`` at 5% on its own and under Holm's
     strictest step (5% / m for m differences), taking each interval as ±1.96 normal standard errors."""
-    half_widths = sorted((d.high - d.low) / 2 for _, c in rows for column, d in c.differences.items()
-                         if column == "Avg")
+    half_widths = sorted((d.high - d.low) / 2 for _, c in rows for name, d in c.differences.items()
+                         if name == column)
     if not half_widths:
         return ""
     m = sum(len(c.differences) for _, c in rows)
     z = NormalDist().inv_cdf
     median = float(np.median(half_widths))
     alone, holm = ((z(1 - alpha / 2) + z(power)) / z(0.975) * median for alpha in (FAMILY_ALPHA, FAMILY_ALPHA / m))
-    return (f"Resolution: the Avg intervals' half-widths are {100 * half_widths[0]:.1f} to "
-            f"{100 * half_widths[-1]:.1f} points (median {100 * median:.1f}): a true Avg difference smaller than "
+    return (f"Resolution: the {column} intervals' half-widths are {100 * half_widths[0]:.1f} to "
+            f"{100 * half_widths[-1]:.1f} points (median {100 * median:.1f}): a true {column} difference smaller than "
             f"that cannot be told from 0. Detecting one with {power:.0%} power takes about {100 * alone:.1f} points "
             f"on its own (5%), and {100 * holm:.1f} under Holm's strictest step ({m} differences).")
 
 
-def difference_rows(rows: Sequence[tuple[str, Comparison]]) -> list[list[str]]:
+def difference_rows(rows: Sequence[tuple[str, Comparison]], columns: Sequence[str] = COLUMNS) -> list[list[str]]:
     """Cells of the differences table (DIFFERENCE_HEADER) for (label, comparison) rows."""
-    return [[label, *map(comparison.cell, COLUMNS), ",".join(comparison.seeds), comparison.detail]
+    return [[label, *map(comparison.cell, columns), ",".join(comparison.seeds), comparison.detail]
             for label, comparison in rows]

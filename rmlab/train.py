@@ -21,14 +21,13 @@ from rmlab.console import ProgressBar, quiet_third_party
 from rmlab.data.datamodule import PreferenceDataModule
 from rmlab.data.formats import RowStats, load_pairs
 from rmlab.data.tokenize import PairTokenizer
-from rmlab.evaluation import (FinalScoring, heldout_set, load_eval_sets, set_reports, table3_row, table3_set,
-                              write_rewards)
+from rmlab.evaluation import RB2, FinalScoring, evaluation_results, heldout_set, load_eval_sets, load_rewardbench2
 from rmlab.launch import PeerLost, die_with_torchrun_agent
 from rmlab.loggers import finish_logger, redact_secrets
 from rmlab.model import RewardModelBundle, build_reward_model, export_reward_model
 from rmlab.module import RewardModule
 from rmlab.peers import PeerWatch
-from rmlab.report import print_results
+from rmlab.results import print_results
 from rmlab.schemas import ConfigError
 from rmlab.strategy import build_strategy, check_hardware, gradient_accumulation
 from rmlab.zero import SaveDeepSpeedConfig
@@ -189,7 +188,8 @@ def train(cfg: DictConfig, launched_at: Optional[float] = None) -> dict[str, Any
     pair_tokenizer = PairTokenizer(bundle.tokenizer, bundle.chat_template, cfg.data.max_length)
     datamodule = build_datamodule(cfg, pair_tokenizer)
     datamodule.setup()  # read and tokenize now: a data error stops the run before the logger and trainer start
-    eval_sets = load_eval_sets(cfg.eval.sets, pair_tokenizer)
+    eval_sets = [*load_eval_sets(cfg.eval.sets, pair_tokenizer), *load_rewardbench2(cfg.eval.rewardbench2,
+                                                                                 pair_tokenizer)]
     mapping = OmegaConf.to_container(cfg.data.section_mapping) if cfg.data.section_mapping else None
 
     def sets_to_score() -> list:
@@ -225,8 +225,8 @@ def train(cfg: DictConfig, launched_at: Optional[float] = None) -> dict[str, Any
     timing = {"first_step_s": timer.seconds, "wall_time_s": round(time.time() - launched_at, 1)}
     (output_dir / "timing.json").write_text(json.dumps(timing))
     if logger:
-        finish_logger(logger, {**metrics["table3"], **metrics["train"], "data": metrics["data"],
-                               "eval": metrics["eval"]})
+        finish_logger(logger, {**metrics["table3"], **metrics["train"],
+                               **{key: metrics[key] for key in ("data", "eval", RB2) if key in metrics}})
     print_results(metrics, output_dir)
     first = "no training step" if timer.seconds is None else f"first training step after {timer.seconds} s"
     log.info(f"{first}, run finished after {timing['wall_time_s']} s")
@@ -236,12 +236,9 @@ def train(cfg: DictConfig, launched_at: Optional[float] = None) -> dict[str, Any
 def finish_run(cfg: DictConfig, bundle: RewardModelBundle, sets: list, rewards: dict, datamodule: PreferenceDataModule,
                trainer: Any, module: RewardModule, output_dir: Path) -> dict:
     """Reports, rewards files, the export and ``metrics.json`` (deterministic for a seed on CPU)."""
-    reports = set_reports(sets, rewards)
-    write_rewards(output_dir / "rewards", sets, rewards)
-    row_set = table3_set(sets)
+    results, row_set = evaluation_results(sets, rewards, output_dir / "rewards")
     metrics = {
-        "table3": table3_row(reports, row_set),
-        "eval": reports,
+        **results,
         "data": datamodule.stats.as_dict(),
         "train": module.final_metrics(),
         "run": {"loss": hydra_choice("loss") or cfg.loss._target_.rsplit(".", 1)[-1], "seed": cfg.seed,

@@ -34,7 +34,7 @@ def local_files(cfg) -> list[str]:
     sources = [source["path"] for source in cfg.data.sources or []]
     for eval_set in cfg.eval.sets:
         sources += [eval_set.source] if isinstance(eval_set.source, str) else list(eval_set.source)
-    return sources
+    return sources + [cfg.eval.rewardbench2.source] * bool(cfg.eval.rewardbench2.source)
 
 
 def options(group: str) -> list[str]:
@@ -112,6 +112,9 @@ def test_typos_and_types_fail_at_composition(override, fragment):
     (["threads=0"], "threads"),
     (["data=mixture"], "data.sources"),  # else the marker source "mixture" went to the hub
     (["model.dropout=0.1"], "model.dropout"),  # dropout is off unless model.disable_dropout=false
+    (["eval=rewardbench2", "eval.rewardbench2.max_rows=0"], "eval.rewardbench2.max_rows"),
+    (["eval=rewardbench2", "eval.rewardbench2.source=nowhere/rb2.parquet"], "eval.rewardbench2.source"),
+    (["eval.sets=[{name: rewardbench2, source: a/b}]"], "eval.sets"),  # RewardBench 2's own rewards file
 ])
 def test_out_of_range_values_name_the_key(overrides, key):
     cfg = compose_config(*overrides)

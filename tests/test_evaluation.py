@@ -124,17 +124,19 @@ def test_a_fit_resumed_from_its_final_checkpoint_still_scores(tiny_llama_dir, tm
     assert trainer.global_step == 3 and again.rewards == first.rewards
 
 
-def _score_on_rank(rank: int, world: int, store: str, model_dir: str, sequences: list, out: str) -> None:
-    """One of two gloo ranks: score all sequences together, count this rank's forward passes."""
+def _score_on_rank(rank: int, world: int, store: str, model_dir: str, items: list, out: str,
+                   scorer: str = "score_sequences") -> None:
+    """One of two gloo ranks: score all items together (``rmlab.scoring.<scorer>``: sequences, or RewardBench 2's
+    groups with ``score_groups``), count this rank's forward passes."""
     torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     from transformers import AutoModelForSequenceClassification
 
-    from rmlab.scoring import score_sequences
+    from rmlab import scoring
 
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
     forwards = []
     model.base_model.register_forward_hook(lambda *_: forwards.append(1))
-    rewards = score_sequences(model, sequences, model.config.pad_token_id, batch_size=4)
+    rewards = getattr(scoring, scorer)(model, items, model.config.pad_token_id, batch_size=4)
     Path(out, f"rank{rank}.json").write_text(json.dumps({"rewards": rewards, "forwards": len(forwards)}))
     torch.distributed.destroy_process_group()
 

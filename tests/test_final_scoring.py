@@ -5,14 +5,12 @@
 from __future__ import annotations
 
 import functools
-from types import SimpleNamespace
-
 import torch
 
 from conftest import fit_reward_module, write_topic_pairs
 from rmlab.data.formats import load_pairs
 from rmlab.data.tokenize import PairTokenizer
-from rmlab.evaluation import FinalScoring
+from rmlab.evaluation import EvalSet, FinalScoring
 from rmlab.model import build_reward_model
 from rmlab.scoring import score_pairs
 
@@ -24,8 +22,7 @@ def test_final_scoring_runs_inside_the_precision_plugins_autocast(tiny_llama_dir
     bundle = build_reward_model(str(tiny_llama_dir))
     data = write_topic_pairs(tmp_path / "pairs.jsonl", 12)
     tokenized = [PairTokenizer(bundle.tokenizer, bundle.chat_template, 64)(pair) for pair in load_pairs(str(data))[0]]
-    scoring = FinalScoring(lambda: [SimpleNamespace(name="heldout", pairs=tokenized)], bundle.tokenizer.pad_token_id,
-                           batch_size=4)
+    scoring = FinalScoring(lambda: [EvalSet("heldout", tokenized)], bundle.tokenizer.pad_token_id, batch_size=4)
     autocast_in_scoring = []
     first_linear = next(m for m in bundle.model.modules() if isinstance(m, torch.nn.Linear))
     first_linear.register_forward_pre_hook(

@@ -163,7 +163,7 @@ def to_pair(row: Any, layout: str = "auto", subset_key: str = "subset", margin_k
         else:  # full transcripts
             chosen, rejected = _hh_turns(row["chosen"]), _hh_turns(row["rejected"])
     else:
-        prompt = _as_prompt(row["prompt"])
+        prompt = as_prompt(row["prompt"])
         chosen = prompt + _as_reply(row["chosen"], "chosen")
         rejected = prompt + _as_reply(row["rejected"], "rejected")
     for conversation in (chosen, rejected):
@@ -200,7 +200,7 @@ def _messages(value: Any, key: str) -> list[Message]:
     return messages
 
 
-def _as_prompt(value: Any) -> list[Message]:
+def as_prompt(value: Any) -> list[Message]:
     if isinstance(value, list):
         return _messages(value, "prompt")
     return [{"role": "user", "content": value}]

@@ -22,7 +22,8 @@ template's generation prompt, share). Each sequence longer than ``max_length`` l
 start of the conversation (after the leading BOS/CLS), so the most recent turns and the whole response
 are kept. A pair whose longer response, plus the leading special token, does not fit is dropped from
 training and counted as ``response_too_long``; evaluation never drops a pair: it cuts such a pair the
-same way, into the response (the response's end and the reward token stay), and counts it as truncated.
+same way, into the response (the response's end and the reward token stay), and counts it as truncated. A
+completion scored on its own (RewardBench 2: :meth:`PairTokenizer.completion`) is cut and counted likewise.
 """
 
 from __future__ import annotations
@@ -106,23 +107,39 @@ class PairTokenizer:
         """The pair's ids; a response too long for ``max_length`` raises ``BadRow("response_too_long")``,
         or, with ``truncate_responses`` (evaluation, which never drops a pair), is cut like the rest of
         the conversation (its start goes, the end and the reward token stay) and marked ``truncated``."""
+        (chosen, rejected), prompt = self._render([pair.chosen, pair.rejected], pair.prompt)
+        prompt_length = min(shared_prefix_length(chosen, rejected), shared_prefix_length(chosen, prompt))
+        kept, truncated = self._cut(chosen, rejected, prompt_length, truncate_responses)
+        return TokenizedPair(*kept, pair.subset, pair.margin, truncated=truncated)
+
+    def completion(self, prompt: Sequence[dict], response: str) -> tuple[list[int], bool]:
+        """``(ids, truncated)`` of the prompt turns + one assistant ``response``, scored on its own (RewardBench 2):
+        cut as an evaluation pair is, never dropped; ``truncated`` when the response itself lost its start."""
+        (ids,), prompt_ids = self._render([[*prompt, {"role": "assistant", "content": response}]], prompt)
+        (kept, _), truncated = self._cut(ids, ids, shared_prefix_length(ids, prompt_ids), truncate_responses=True)
+        return kept, truncated
+
+    def _render(self, conversations: Sequence[Sequence[dict]], prompt: Sequence[dict]
+                ) -> tuple[list[list[int]], list[int]]:
+        """The ids of each conversation and of the prompt turns with the generation prompt."""
         try:
-            chosen, rejected = self.encode(pair.chosen), self.encode(pair.rejected)
-            prompt = self.render_ids(pair.prompt, add_generation_prompt=True)
+            return [self.encode(conversation) for conversation in conversations], \
+                self.render_ids(prompt, add_generation_prompt=True)
         except BadRow:
             raise
         except Exception as err:  # e.g. a template that rejects this role order
             raise BadRow("template_error", str(err)[:200]) from err
-        prompt_length = min(shared_prefix_length(chosen, rejected), shared_prefix_length(chosen, prompt))
+
+    def _cut(self, chosen: list[int], rejected: list[int], prompt_length: int, truncate_responses: bool
+             ) -> tuple[tuple[list[int], list[int]], bool]:
+        """(the truncated ids, whether a response was cut into); see :func:`truncate_pair`."""
         try:
-            kept = truncate_pair(chosen, rejected, self.max_length, self.start_token_id, prompt_length)
+            return truncate_pair(chosen, rejected, self.max_length, self.start_token_id, prompt_length), False
         except BadRow:
             if not truncate_responses:
                 raise
-            kept = truncate_pair(chosen, rejected, self.max_length, self.start_token_id, prompt_length,
-                                 keep_long_responses=True)
-            return TokenizedPair(*kept, pair.subset, pair.margin, truncated=True)
-        return TokenizedPair(*kept, pair.subset, pair.margin)
+            return truncate_pair(chosen, rejected, self.max_length, self.start_token_id, prompt_length,
+                                 keep_long_responses=True), True
 
 
 def shared_prefix_length(first: Sequence[int], second: Sequence[int]) -> int:

@@ -96,7 +96,8 @@ class EvalPrompts:
 
 
 def _eval_prompt(row: Any, spec: InputConfig, roles: Sequence[str]) -> tuple[list[list[str]], str]:
-    """An eval row's prompt turns; a row whose pair is invalid still gives a plain-string ``prompt``."""
+    """An eval row's prompt turns; a row that is no pair still gives a plain-string ``prompt`` (RewardBench 2's
+    rows, whose ``chosen`` and ``rejected`` are lists of completions, give theirs so)."""
     try:
         pair = to_pair(row, spec.layout, spec.subset_key)
         return prompt_turns(pair, roles), pair.subset
