@@ -11,15 +11,13 @@ Table 3 family).
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Union
 
-import numpy as np
 
-from rmlab.significance import DEFAULT_SET, Comparison, PairData, compare_rows
+from rmlab.significance import DEFAULT_SET, Comparison, PairData, compare_rows, read_pair_results
 
 SetData = dict[str, tuple[float, Union[PairData, str]]]  # set -> (accuracy, per-pair data or why none)
 
@@ -39,12 +37,10 @@ def load_set_data(job_dir: Path, metrics: Mapping[str, Any]) -> SetData:
 def _pair_data(path: Path, name: str) -> Union[PairData, str]:
     """One section named after the set, each subset weighing its pair count: its score is the plain accuracy."""
     try:
-        lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        subsets = tuple(str(line["subset"]) for line in lines)
-        correct = np.array([float(line["chosen"]) > float(line["rejected"]) for line in lines], dtype=bool)
+        subsets, correct = read_pair_results(path)
     except (OSError, ValueError, KeyError, TypeError) as error:
         return f"no per-pair data: rewards/{path.name} ({type(error).__name__}: {error})"
-    if not lines:
+    if not subsets:
         return f"no per-pair data: rewards/{path.name} is empty"
     counts = {subset: float(subsets.count(subset)) for subset in dict.fromkeys(subsets)}
     return PairData(name, subsets, correct, {name: tuple(counts)}, counts)

@@ -76,6 +76,14 @@ class PairData:
     subset_weights: dict[str, float]
 
 
+def read_pair_results(path: Path) -> tuple[tuple[str, ...], np.ndarray]:
+    """A ``rewards/<set>.jsonl``'s subsets and whether each pair was ranked right (chosen > rejected), in file
+    order; a malformed file raises (OSError, ValueError, KeyError, TypeError)."""
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return (tuple(str(line["subset"]) for line in lines),
+            np.array([float(line["chosen"]) > float(line["rejected"]) for line in lines], dtype=bool))
+
+
 def load_pair_data(job_dir: Path, metrics: Mapping[str, Any]) -> Union[PairData, str]:
     """A finished job's per-pair data, or the reason there is none ("no per-pair data: ...")."""
     try:
@@ -90,14 +98,12 @@ def load_pair_data(job_dir: Path, metrics: Mapping[str, Any]) -> Union[PairData,
     if not path.is_file():
         return f"no per-pair data: no rewards/{name}.jsonl"
     try:
-        lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        subsets = tuple(str(line["subset"]) for line in lines)
-        correct = np.array([float(line["chosen"]) > float(line["rejected"]) for line in lines], dtype=bool)
+        subsets, correct = read_pair_results(path)
         mapping = {str(section): tuple(map(str, members)) for section, members in mapping.items()}
         weights = {str(subset): float(weight) for subset, weight in weights.items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         return f"no per-pair data: unreadable rewards/{name}.jsonl or weights ({type(error).__name__}: {error})"
-    if not lines:
+    if not subsets:
         return f"no per-pair data: rewards/{name}.jsonl is empty"
     present = set(subsets)
     if unweighted := sorted({s for members in mapping.values() for s in members if s in present} - set(weights)):
